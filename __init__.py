@@ -1,0 +1,10 @@
+"""onnx-amp: automatic mixed precision for ONNX, as a compiler pass.
+
+The repository root is this package; its stages live in sub-packages:
+
+- ``onnx_amp.passes``: ONNX in, ONNX out (``onnx_ir`` passes): partition, plan, rewrite, ...
+- ``onnx_amp.runtime``: what executes: torch export and calibration, ONNX Runtime, targets, timing.
+- ``onnx_amp.tools``: the ``onnx-amp`` command line and benchmark/report scripts.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""ONNX in, ONNX out: the onnx-amp passes (``onnx_ir.passes`` passes)."""

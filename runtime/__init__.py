@@ -1,0 +1,1 @@
+"""What executes: torch export and calibration, ONNX Runtime sessions, targets, timing, Gaudi export."""

@@ -1,0 +1,1 @@
+"""The ``onnx-amp`` command line and benchmark/report scripts."""
