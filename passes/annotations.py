@@ -10,6 +10,8 @@ Node keys
 ``onnx_amp.region``       region id, e.g. ``r7`` (every node of the main graph)
 ``onnx_amp.layer``        layer id, e.g. ``L12`` (quantizable nodes only)
 ``onnx_amp.layer_kind``   ``weight`` (input 1 is a constant weight) or ``act_act`` (two activations)
+``onnx_amp.weight_input`` index of the weight input of a ``weight`` layer (usually 1)
+``onnx_amp.weight_axis``  output-channel axis of that weight (MatMul W[K,N]: 1, Gemm transB=1: 0, Conv: 0)
 ``onnx_amp.unit``         unit id, e.g. ``U5``: layers that must share an assignment
 ``onnx_amp.sens.a`` / ``.w`` / ``.b``   Taylor sensitivities S_A (input 0), S_W (weight), S_B
                           (input 1 of an act_act layer): mean_n || x (.) dL_n/dx ||^2
@@ -42,6 +44,8 @@ REGION = "onnx_amp.region"
 LAYER = "onnx_amp.layer"
 LAYER_KIND = "onnx_amp.layer_kind"
 UNIT = "onnx_amp.unit"
+WEIGHT_INPUT = "onnx_amp.weight_input"
+WEIGHT_AXIS = "onnx_amp.weight_axis"
 SENS_A = "onnx_amp.sens.a"
 SENS_W = "onnx_amp.sens.w"
 SENS_B = "onnx_amp.sens.b"
