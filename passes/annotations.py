@@ -19,6 +19,9 @@ Node keys
 ``onnx_amp.sens.gsq_w``   JSON list, per weight output channel: mean_n || dL_n/dW_c ||^2
 ``onnx_amp.amax.a`` / ``amax.b``        calibration max |x| of the activation operand(s)
 ``onnx_amp.amax.w``       JSON list, per weight output channel max |W_c|
+``onnx_amp.amax.y``       calibration max |Y| of the layer output (INT8 output QuantizeLinear)
+``onnx_amp.sens.measured`` JSON {"a"|"w"|"b": {format: predicted loss MSE term}} from the measured
+                          rounding error of each operand (optional "actual error" loss model)
 ``onnx_amp.precision``    the plan's assignment of the layer, e.g. ``w=fp8_e4m3,a=fp8_e4m3``
 
 Model keys
@@ -55,6 +58,8 @@ GSQ_B = "onnx_amp.sens.gsq_b"
 AMAX_A = "onnx_amp.amax.a"
 AMAX_W = "onnx_amp.amax.w"
 AMAX_B = "onnx_amp.amax.b"
+AMAX_Y = "onnx_amp.amax.y"
+SENS_MEASURED = "onnx_amp.sens.measured"
 PRECISION = "onnx_amp.precision"
 
 # model keys
