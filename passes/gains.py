@@ -33,6 +33,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -116,19 +117,31 @@ def region_configs(units: Sequence[str], target: Target, max_configs: int = MAX_
 # static shapes
 # ---------------------------------------------------------------------------------------------
 
-def _static(shape) -> tuple[int, ...] | None:
+def _static(shape, symbols: dict[str, int] | None = None) -> tuple[int, ...] | None:
+    """Static dims of a shape; symbolic dims are looked up (or evaluated, e.g. ``seq + 1``) in
+    ``symbols``."""
     if shape is None:
         return None
     dims = []
     for d in shape:
         if isinstance(d, int):
             dims.append(d)
-        else:
-            v = getattr(d, "value", None)
-            if isinstance(v, int):
-                dims.append(v)
+            continue
+        v = getattr(d, "value", None)
+        if isinstance(v, int):
+            dims.append(v)
+        elif isinstance(v, str) and symbols:
+            if v in symbols:
+                dims.append(symbols[v])
+            elif re.fullmatch(r"[\w\s+\-*/()]+", v):
+                try:
+                    dims.append(int(eval(v, {"__builtins__": {}}, dict(symbols))))  # noqa: S307 (names + arithmetic only)
+                except Exception:
+                    return None
             else:
                 return None
+        else:
+            return None
     return tuple(dims)
 
 
@@ -169,9 +182,15 @@ def static_shapes(model: ir.Model, batch_size: int = 1, seq_len: int = 128) -> d
     finally:
         for v, s in saved:
             v.shape = s
+    # symbols of the graph inputs (batch, seq, s0 ...) -> the given sizes, for values inference missed
+    symbols: dict[str, int] = {}
+    for v in graph.inputs:
+        for i, d in enumerate(v.shape or []):
+            if not isinstance(d, int) and getattr(d, "value", None) is not None:
+                symbols.setdefault(str(d.value), batch_size if i == 0 else seq_len)
     for v in _all_values(graph):
         if v.name and v.name not in shapes:
-            s = _static(v.shape)
+            s = _static(v.shape, symbols)
             if s is None and v.const_value is not None:
                 s = tuple(v.const_value.shape)
             if s is not None:
