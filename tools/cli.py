@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         msg = " ".join(str(e).split())
         print(f"{PROG}: error: {msg}", file=sys.stderr)
         return 2
+    except OSError as e:  # a file-system failure not already turned into an OnnxAmpError
+        where = e.filename or "file system"
+        print(f"{PROG}: error: {where}: {e.strerror or e}; check the path and its permissions", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
