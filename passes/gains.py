@@ -16,8 +16,9 @@ Theoretical time (TT) of a node on a target: ``max(FLOPs / peak(fmt), bytes(fmt)
 - bytes: each operand at its format (weights at the weight format, activations at the activation
   format), everything else (outputs, bias, elementwise ops) at the target's high activation format;
   shape-only ops (Shape, Reshape, Squeeze, ...) cost nothing;
-- plus, per activation operand whose format differs from the high activation format, a boundary
-  (a Q or Cast): ``per_node_s + elements * per_element_s``. Weights are converted offline (free).
+- plus, per distinct activation value read in a format other than the high activation format, a
+  boundary (a Q or Cast): ``per_node_s + elements * per_element_s`` (q/k/v reading one activation
+  pay once). Weights are converted offline (free).
 
 Memory gain (MG) of a configuration: for every lowered weight layer,
 ``elements(W) * (bytes(high_w) - bytes(fmt_w))`` minus ``4 * channels`` (an fp32 scale per output
@@ -272,6 +273,7 @@ class NodeCost:
     weight_elems: int = 0
     weight_channels: int = 0
     act_elems: list[int] = field(default_factory=list)  # activation operand element counts
+    act_names: list[str] = field(default_factory=list)  # activation operand value names
     other_elems: int = 0  # bias + outputs (high act format)
     plain_bytes: float = 0.0  # non-layer nodes: bytes at the high format
 
@@ -306,6 +308,7 @@ def node_costs(model: ir.Model, shapes: dict[str, tuple[int, ...]], target: Targ
             for i in data_inputs:
                 v = node.inputs[i]
                 c.act_elems.append(_numel(shapes.get(v.name)) if v is not None else 0)
+                c.act_names.append(v.name if v is not None else "")
             for i, v in enumerate(node.inputs):
                 if v is not None and i not in data_inputs and i != wi:
                     c.other_elems += _numel(shapes.get(v.name) or _const_shape(v))
@@ -321,8 +324,10 @@ def node_costs(model: ir.Model, shapes: dict[str, tuple[int, ...]], target: Targ
     return costs
 
 
-def roofline_time(c: NodeCost, target: Target, assignment: Assignment | None = None) -> float:
-    """Roofline time of one node; ``assignment`` (w, a) for layers (None = the target's high)."""
+def roofline_time(c: NodeCost, target: Target, assignment: Assignment | None = None,
+                  boundary: bool = True) -> float:
+    """Roofline time of one node; ``assignment`` (w, a) for layers (None = the target's high);
+    ``boundary``: add the cost of converting its activation operands (see ``boundary_time``)."""
     bw = target.memory_bandwidth
     if c.layer is None:
         return c.plain_bytes / bw
@@ -334,8 +339,26 @@ def roofline_time(c: NodeCost, target: Target, assignment: Assignment | None = N
     nbytes = c.weight_elems * fw.bytes + sum(c.act_elems) * fa.bytes + c.other_elems * fh.bytes
     compute = c.flops / target.peak(target.compute_format((w_fmt, a_fmt)))
     t = max(compute, nbytes / bw)
-    if a_fmt != hi_a:
+    if boundary and a_fmt != hi_a:
         for n in c.act_elems:
+            t += target.boundary_per_node_s + n * target.boundary_per_element_s
+    return t
+
+
+def boundary_time(layers: Sequence[NodeCost], target: Target, config: Config) -> float:
+    """Format boundaries of a region configuration: one Q (or Cast) per distinct (activation value,
+    format) that a lowered layer reads; layers of a unit reading the same activation (q/k/v) share it."""
+    hi_a = target.high[1]
+    seen: set[tuple[str, str]] = set()
+    t = 0.0
+    for c in layers:
+        a_fmt = config.get(c.unit, target.high)[1]
+        if a_fmt == hi_a:
+            continue
+        for name, n in zip(c.act_names, c.act_elems):
+            if (name, a_fmt) in seen:
+                continue
+            seen.add((name, a_fmt))
             t += target.boundary_per_node_s + n * target.boundary_per_element_s
     return t
 
@@ -404,8 +427,8 @@ def compute_gains(model: ir.Model, target: Target | str, measured: dict | None =
         rows = []
         t0 = None
         for cfg in configs:
-            t_layers = sum(roofline_time(c, target, cfg.get(c.unit, target.high)) for c in layers)
-            t = base_plain + t_layers
+            t_layers = sum(roofline_time(c, target, cfg.get(c.unit, target.high), boundary=False) for c in layers)
+            t = base_plain + t_layers + boundary_time(layers, target, cfg)
             if t0 is None:
                 t0 = t
             row = {
