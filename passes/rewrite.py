@@ -1,0 +1,450 @@
+"""Lower each layer's ``onnx_amp.precision`` to ONNX: Q/DQ for FP8/INT8, Casts for BF16/FP16.
+
+``RewritePass(form="emulate")`` (runs in ONNX Runtime on CPU; see ``runtime.ort_session.make_session``):
+
+- FP8 (E4M3FN/E5M2) and INT8 activations: ``QuantizeLinear -> DequantizeLinear`` with a per-tensor
+  scale ``amax / fmt.max`` from the calibration annotation (``onnx_amp.amax.a`` for input A,
+  ``onnx_amp.amax.b`` for input B of an activation-activation layer).
+- FP8/INT8 weights are quantized offline: stored as an int8/float8 initializer (per output channel
+  scale ``amax_c / fmt.max``, axis ``onnx_amp.weight_axis``) followed by ``DequantizeLinear``.
+- BF16/FP16: ``Cast(f32 -> bf16) -> Cast(-> f32)`` on activations; weights stored in bf16/fp16 followed
+  by one ``Cast`` to float (the first half of the pair done offline; same numbers).
+- INT8 weight+activation layers in ORT's fusable layout ``DQ(x), DQ(W) -> MatMul -> Q -> DQ``; the
+  output ``Q`` uses ``onnx_amp.amax.y`` (the layer output's calibration amax) and is omitted, with a
+  note, when that annotation is absent (ORT then fuses to ``MatMulIntegerToFloat``).
+
+``RewritePass(form="deploy")`` (TensorRT explicit-quantization style): Q/DQ on activations and DQ
+on pre-quantized weights for FP8/INT8 (no output Q); layers whose plan says BF16/FP16 compute in
+that type (weights stored in it, activations Cast in, Cast back to float at the output). Conv has
+no BF16 kernel in ONNX opset <= 21, so a BF16 Conv keeps float compute with bf16-stored weights
+(noted). The deploy form passes ``onnx.checker`` (full check); ORT CPU has no BF16 MatMul/Gemm
+kernel, so BF16 deploy models load in ORT only if those layers are absent.
+
+Inserted nodes carry the layer's ``onnx_amp.region/unit/module/precision`` and ``pkg.torch.onnx.*``
+props plus ``onnx_amp.inserted_by=rewrite`` and ``onnx_amp.inserted_for=<layer id>`` (not
+``onnx_amp.layer``, so they are never mistaken for layers). The pass is functional: the input model
+is cloned (initializer tensors shared, not copied) and left untouched. FP8 needs opset >= 19: a
+model with a lower default opset is converted to 21 (onnxscript's version converter).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import onnx
+import onnx_ir as ir
+import torch
+
+from onnx_amp.passes import annotations as A
+from onnx_amp.runtime import fakequant as FQ
+from onnx_amp.runtime.formats import Format, get_format
+from onnx_amp.runtime.onnx_io import OnnxAmpError
+
+AMAX_Y = "onnx_amp.amax.y"  # calibration max |y| of a layer's output (INT8 output Q); propose for annotations.py
+INSERTED_BY = "onnx_amp.inserted_by"
+INSERTED_FOR = "onnx_amp.inserted_for"
+REWRITE = "onnx_amp.rewrite"  # model key: {"form":..., "notes":[...]}
+COPY_KEYS = (A.REGION, A.UNIT, A.MODULE, A.PRECISION)
+FORMS = ("emulate", "deploy")
+OPSET = 21
+MIN_FP8_OPSET = 19
+
+_NP_DTYPE = {
+    ir.DataType.BFLOAT16: ml_dtypes.bfloat16,
+    ir.DataType.FLOAT16: np.float16,
+    ir.DataType.FLOAT8E4M3FN: ml_dtypes.float8_e4m3fn,
+    ir.DataType.FLOAT8E5M2: ml_dtypes.float8_e5m2,
+    ir.DataType.INT8: np.int8,
+    ir.DataType.FLOAT: np.float32,
+}
+
+
+def _np_tensor(t: torch.Tensor, dtype: ir.DataType, name: str) -> ir.Tensor:
+    """torch tensor -> ir.Tensor of ``dtype`` (fp8/bf16 via ml_dtypes, bit-exact)."""
+    t = t.detach().contiguous()
+    if dtype in (ir.DataType.FLOAT8E4M3FN, ir.DataType.FLOAT8E5M2):
+        arr = t.view(torch.uint8).numpy().view(_NP_DTYPE[dtype])
+    elif dtype == ir.DataType.BFLOAT16:
+        arr = t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    else:
+        arr = t.numpy().astype(_NP_DTYPE[dtype], copy=False)
+    return ir.Tensor(arr, dtype=dtype, name=name)
+
+
+def _zero(dtype: ir.DataType, n: int | None, name: str) -> ir.Tensor:
+    shape = () if n is None else (n,)
+    return ir.Tensor(np.zeros(shape, dtype=_NP_DTYPE[dtype]), dtype=dtype, name=name)
+
+
+@dataclass
+class RewriteReport:
+    form: str
+    layers: dict[str, str] = field(default_factory=dict)  # layer id -> precision
+    notes: list[str] = field(default_factory=list)
+    inserted: int = 0
+    opset_converted: tuple[int, int] | None = None
+
+    def to_json(self) -> dict:
+        counts: dict[str, int] = {}
+        for p in self.layers.values():
+            counts[p] = counts.get(p, 0) + 1
+        return {"form": self.form, "precisions": counts, "inserted_nodes": self.inserted,
+                "opset_converted": self.opset_converted, "notes": self.notes}
+
+
+class _Rewriter:
+    def __init__(self, model: ir.Model, form: str, int8_output_q: bool):
+        self.model = model
+        self.graph = model.graph
+        self.form = form
+        self.int8_output_q = int8_output_q
+        self.report = RewriteReport(form)
+        self.names = {v.name for n in self.graph for v in (*n.inputs, *n.outputs) if v is not None}
+        self.names |= set(self.graph.initializers) | {v.name for v in self.graph.inputs}
+        self.names |= {n.name for n in self.graph if n.name}
+        self.act_cache: dict[tuple, ir.Value] = {}
+        self.weight_cache: dict[tuple, ir.Value] = {}
+        self.old_weights: set[ir.Value] = set()
+
+    # -- naming / node creation ---------------------------------------------------------------
+    def fresh(self, base: str) -> str:
+        base = base.replace(" ", "_")
+        name, i = base, 1
+        while name in self.names:
+            name = f"{base}_{i}"
+            i += 1
+        self.names.add(name)
+        return name
+
+    def props_for(self, layer: ir.Node) -> dict[str, str]:
+        p = {k: v for k, v in layer.metadata_props.items() if k in COPY_KEYS or k.startswith("pkg.torch.onnx.")}
+        p[INSERTED_BY] = "rewrite"
+        p[INSERTED_FOR] = layer.metadata_props.get(A.LAYER, layer.name)
+        return p
+
+    def add_node(self, layer: ir.Node, op: str, inputs, attrs: dict, out_name: str,
+                 out_dtype: ir.DataType, shape) -> ir.Value:
+        out = ir.Value(name=self.fresh(out_name), type=ir.TensorType(out_dtype),
+                       shape=ir.Shape(shape) if shape is not None else None)
+        node = ir.Node("", op, inputs, attributes=[_attr(k, v) for k, v in attrs.items()],
+                       outputs=[out], name=self.fresh(f"{out_name}/{op}"),
+                       metadata_props=self.props_for(layer))
+        self.graph.insert_before(layer, node)
+        self.report.inserted += 1
+        return out
+
+    def add_init(self, tensor: ir.Tensor, base: str) -> ir.Value:
+        name = self.fresh(base)
+        tensor.name = name
+        v = ir.Value(name=name, type=ir.TensorType(tensor.dtype), shape=ir.Shape(tensor.shape),
+                     const_value=tensor)
+        self.graph.register_initializer(v)
+        return v
+
+    # -- operands -------------------------------------------------------------------------------
+    def lower_activation(self, layer: ir.Node, x: ir.Value, f: Format, amax: float | None,
+                         compute: ir.DataType, tag: str) -> ir.Value:
+        """Activation operand in float -> value of dtype ``compute`` carrying format ``f``'s rounding."""
+        key = (id(x), f.name, amax, compute)
+        if key in self.act_cache:
+            return self.act_cache[key]
+        shape = x.shape
+        base = f"{x.name}/{f.name}"
+        cur = x
+        src = x.dtype or ir.DataType.FLOAT
+        if f.name == "fp32" or (not f.needs_qdq and f.onnx_dtype == compute):
+            if compute != src:
+                cur = self.add_node(layer, "Cast", [cur], {"to": compute}, f"{base}_cast", compute, shape)
+        elif not f.needs_qdq:  # bf16/fp16 rounding, computed in float
+            cur = self.add_node(layer, "Cast", [cur], {"to": f.onnx_dtype}, f"{base}_cast", f.onnx_dtype, shape)
+            cur = self.add_node(layer, "Cast", [cur], {"to": compute}, f"{base}_uncast", compute, shape)
+        else:
+            if compute != src:
+                cur = self.add_node(layer, "Cast", [cur], {"to": compute}, f"{base}_in", compute, shape)
+            s = FQ.activation_scale(amax, f)
+            scale = self.add_init(_np_tensor(torch.tensor(s, dtype=torch.float32), ir.DataType.FLOAT, ""), f"{base}_scale")
+            if compute != ir.DataType.FLOAT:
+                scale = self.add_init(ir.Tensor(np.array(s, dtype=np.float32).astype(_NP_DTYPE[compute]), dtype=compute), f"{base}_scale_{compute.name.lower()}")
+            zp = self.add_init(_zero(f.onnx_dtype, None, ""), f"{base}_zp")
+            q = self.add_node(layer, "QuantizeLinear", [cur, scale, zp], {}, f"{base}_q", f.onnx_dtype, shape)
+            cur = self.add_node(layer, "DequantizeLinear", [q, scale, zp], {}, f"{base}_dq", compute, shape)
+        self.act_cache[key] = cur
+        return cur
+
+    def lower_weight(self, layer: ir.Node, w: ir.Value, f: Format, axis: int, compute: ir.DataType) -> ir.Value:
+        key = (id(w), f.name, axis, compute)
+        if key in self.weight_cache:
+            return self.weight_cache[key]
+        t = ir.convenience.get_const_tensor(w)
+        if t is None:
+            raise OnnxAmpError(
+                f"layer {layer.metadata_props.get(A.LAYER)} (node {layer.name}): weight input {w.name!r} "
+                "is not a constant; re-run onnx-amp partition on this model"
+            )
+        wt = torch.from_numpy(np.array(t.numpy(), dtype=np.float32, copy=True))
+        base = f"{w.name}/{f.name}"
+        if f.name == "fp32":
+            out = w
+            if compute != ir.DataType.FLOAT:
+                out = self.add_init(_np_tensor(wt.to(_torch_dtype(compute)), compute, ""), f"{base}_{compute.name.lower()}")
+        elif not f.needs_qdq:
+            stored = self.add_init(_np_tensor(wt.to(f.torch_dtype), f.onnx_dtype, ""), base)
+            out = stored
+            if compute != f.onnx_dtype:
+                out = self.add_node(layer, "Cast", [stored], {"to": compute}, f"{base}_cast", compute, wt.shape)
+        else:
+            q, s = FQ.quantize_weight(wt, f, axis)
+            ax = axis % wt.dim()
+            qv = self.add_init(_np_tensor(q, f.onnx_dtype, ""), f"{base}_q")
+            if compute == ir.DataType.FLOAT:
+                sv = self.add_init(_np_tensor(s, ir.DataType.FLOAT, ""), f"{base}_scale")
+            else:
+                sv = self.add_init(_np_tensor(s.to(_torch_dtype(compute)), compute, ""), f"{base}_scale")
+            zp = self.add_init(_zero(f.onnx_dtype, s.numel(), ""), f"{base}_zp")
+            out = self.add_node(layer, "DequantizeLinear", [qv, sv, zp], {"axis": ax}, f"{base}_dq", compute, wt.shape)
+        if out is not w:
+            self.old_weights.add(w)
+        self.weight_cache[key] = out
+        return out
+
+    def cast_const_or_value(self, layer: ir.Node, v: ir.Value, compute: ir.DataType) -> ir.Value:
+        """Bias and other float inputs of a layer computing in ``compute``."""
+        if v is None or compute == ir.DataType.FLOAT or v.dtype != ir.DataType.FLOAT:
+            return v
+        t = ir.convenience.get_const_tensor(v)
+        if t is not None:
+            self.old_weights.add(v)
+            arr = torch.from_numpy(np.array(t.numpy(), dtype=np.float32, copy=True))
+            return self.add_init(_np_tensor(arr.to(_torch_dtype(compute)), compute, ""), f"{v.name}/{compute.name.lower()}")
+        return self.add_node(layer, "Cast", [v], {"to": compute}, f"{v.name}/cast", compute, v.shape)
+
+    # -- layers ----------------------------------------------------------------------------------
+    def compute_dtype(self, layer: ir.Node, fmts: list[Format]) -> ir.DataType:
+        if self.form != "deploy":
+            return ir.DataType.FLOAT
+        sixteen = {f.onnx_dtype for f in fmts if not f.needs_qdq and f.name != "fp32"}
+        if len(sixteen) != 1 or any(f.name == "fp32" for f in fmts):
+            return ir.DataType.FLOAT
+        dt = sixteen.pop()
+        if dt == ir.DataType.BFLOAT16 and layer.op_type in ("Conv", "ConvTranspose"):
+            self.report.notes.append(
+                f"{layer.metadata_props.get(A.LAYER)}: ONNX Conv has no bfloat16 kernel type (opset <= 21); "
+                "kept float compute with bf16-rounded weights")
+            return ir.DataType.FLOAT
+        return dt
+
+    def rewrite_layer(self, layer: ir.Node) -> None:
+        props = layer.metadata_props
+        lid = props.get(A.LAYER)
+        wname, aname = A.parse_precision(props[A.PRECISION])
+        fw, fa = get_format(wname), get_format(aname)
+        self.report.layers[lid] = A.format_precision(fw.name, fa.name)
+        kind = props.get(A.LAYER_KIND, "weight")
+        where = f"layer {lid} (node {layer.name})"
+
+        def amax(key: str) -> float:
+            v = props.get(key)
+            if v is None:
+                raise OnnxAmpError(
+                    f"{where}: activation format {fa.name} needs {key}; run onnx-amp calibrate first")
+            return float(v)
+
+        if kind == "weight":
+            wi = int(props.get(A.WEIGHT_INPUT, "1"))
+            ax = int(props.get(A.WEIGHT_AXIS, "-1"))
+            di = 1 if wi == 0 else 0
+            fmts = [fw, fa]
+            if fw.name == "fp32" and fa.name == "fp32":
+                return
+            compute = self.compute_dtype(layer, fmts)
+            x = layer.inputs[di]
+            a_amax = amax(A.AMAX_A) if fa.needs_qdq else None
+            xl = self.lower_activation(layer, x, fa, a_amax, compute, "a")
+            wl = self.lower_weight(layer, layer.inputs[wi], fw, ax, compute)
+            layer.replace_input_with(di, xl)
+            layer.replace_input_with(wi, wl)
+            for j in range(len(layer.inputs)):
+                if j not in (di, wi) and layer.inputs[j] is not None:
+                    layer.replace_input_with(j, self.cast_const_or_value(layer, layer.inputs[j], compute))
+            int8_out = fw.name == "int8" and fa.name == "int8"
+        else:
+            if fa.name == "fp32":
+                return
+            compute = self.compute_dtype(layer, [fa])
+            a0 = amax(A.AMAX_A) if fa.needs_qdq else None
+            b0 = amax(A.AMAX_B) if fa.needs_qdq else None
+            x0 = self.lower_activation(layer, layer.inputs[0], fa, a0, compute, "a")
+            x1 = self.lower_activation(layer, layer.inputs[1], fa, b0, compute, "b")
+            layer.replace_input_with(0, x0)
+            layer.replace_input_with(1, x1)
+            int8_out = fa.name == "int8"
+        y = layer.outputs[0]
+        if compute != ir.DataType.FLOAT:
+            self._cast_output(layer, y, compute)
+        elif int8_out and self.form == "emulate" and self.int8_output_q:
+            if AMAX_Y in props:
+                self._output_qdq(layer, y, float(props[AMAX_Y]))
+            else:
+                self.report.notes.append(f"{lid}: no {AMAX_Y}; INT8 output Q omitted (ORT fuses to MatMulIntegerToFloat)")
+
+    def _retarget_output(self, layer: ir.Node, y: ir.Value, suffix: str, dtype: ir.DataType) -> ir.Value:
+        """Give ``y``'s uses (and graph-output name) to a new float value; return it (no producer yet)."""
+        orig = y.name
+        was_output = y.is_graph_output()
+        new = ir.Value(name=None, type=ir.TensorType(ir.DataType.FLOAT), shape=y.shape)
+        y.replace_all_uses_with(new, replace_graph_outputs=True)
+        if was_output:  # the graph keeps its output names
+            y.name = self.fresh(f"{orig}/{suffix}")
+            new.name = orig
+        else:
+            new.name = self.fresh(f"{orig}/{suffix}_out")
+        y.type = ir.TensorType(dtype)
+        return new
+
+    def _cast_output(self, layer: ir.Node, y: ir.Value, compute: ir.DataType) -> None:
+        new = self._retarget_output(layer, y, compute.name.lower(), compute)
+        node = ir.Node("", "Cast", [y], attributes=[_attr("to", ir.DataType.FLOAT)], outputs=[new],
+                       name=self.fresh(f"{y.name}/Cast"), metadata_props=self.props_for(layer))
+        self.graph.insert_after(layer, node)
+        self.report.inserted += 1
+
+    def _output_qdq(self, layer: ir.Node, y: ir.Value, amax_y: float) -> None:
+        f = get_format("int8")
+        s = FQ.activation_scale(amax_y, f)
+        new = self._retarget_output(layer, y, "int8_y", ir.DataType.FLOAT)
+        scale = self.add_init(_np_tensor(torch.tensor(s, dtype=torch.float32), ir.DataType.FLOAT, ""), f"{y.name}/int8_scale")
+        zp = self.add_init(_zero(ir.DataType.INT8, None, ""), f"{y.name}/int8_zp")
+        qv = ir.Value(name=self.fresh(f"{y.name}/int8_q"), type=ir.TensorType(ir.DataType.INT8), shape=y.shape)
+        q = ir.Node("", "QuantizeLinear", [y, scale, zp], outputs=[qv], name=self.fresh(f"{y.name}/Q"),
+                    metadata_props=self.props_for(layer))
+        dq = ir.Node("", "DequantizeLinear", [qv, scale, zp], outputs=[new], name=self.fresh(f"{y.name}/DQ"),
+                     metadata_props=self.props_for(layer))
+        self.graph.insert_after(layer, [q, dq])
+        self.report.inserted += 2
+
+    def drop_dead_weights(self) -> None:
+        for v in self.old_weights:
+            if not v.uses() and not v.is_graph_output() and v.name in self.graph.initializers:
+                self.graph.initializers.pop(v.name)
+            elif not v.uses() and v.producer() is not None and v.producer().op_type == "Constant":
+                self.graph.remove(v.producer(), safe=True)
+
+
+def _torch_dtype(dt: ir.DataType) -> torch.dtype:
+    return {ir.DataType.BFLOAT16: torch.bfloat16, ir.DataType.FLOAT16: torch.float16,
+            ir.DataType.FLOAT: torch.float32}[dt]
+
+
+def _attr(name: str, value) -> ir.Attr:
+    if isinstance(value, ir.DataType):
+        return ir.AttrInt64(name, int(value))
+    if isinstance(value, int):
+        return ir.AttrInt64(name, value)
+    raise TypeError(value)
+
+
+def _default_opset(model: ir.Model) -> int:
+    return model.opset_imports.get("", model.graph.opset_imports.get("", 1))
+
+
+def _ensure_opset(model: ir.Model, needed: int, report: RewriteReport) -> None:
+    cur = _default_opset(model)
+    if cur >= needed:
+        return
+    try:
+        from onnxscript import version_converter
+
+        version_converter.convert_version(model, target_version=OPSET)
+    except Exception as e:  # noqa: BLE001
+        raise OnnxAmpError(
+            f"model opset {cur} < {needed} (needed for FP8 Q/DQ) and converting it to opset {OPSET} failed "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); re-export with opset_version={OPSET}"
+        ) from e
+    model.opset_imports[""] = OPSET
+    model.graph.opset_imports[""] = OPSET
+    report.opset_converted = (cur, OPSET)
+
+
+class RewritePass(ir.passes.FunctionalPass):
+    """Lower ``onnx_amp.precision`` annotations (see module doc). Returns a new model.
+
+    ``int8_output_q``: in the emulate form, add the INT8 output ``Q -> DQ`` when the layer has
+    ``onnx_amp.amax.y`` (ORT then fuses to QLinearMatMul/QLinearConv). The report of the last call
+    is ``self.report`` (also stored as the model key ``onnx_amp.rewrite``).
+    """
+
+    def __init__(self, form: str = "emulate", int8_output_q: bool = True):
+        super().__init__()
+        if form not in FORMS:
+            raise OnnxAmpError(f"unknown rewrite form {form!r}; use one of {', '.join(FORMS)}")
+        self.form = form
+        self.int8_output_q = int8_output_q
+        self.report: RewriteReport | None = None
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        if REWRITE in model.metadata_props:
+            raise OnnxAmpError(
+                "model was already rewritten (it has onnx_amp.rewrite); rewrite the partitioned/calibrated model instead")
+        layers = [n for n in model.graph if A.LAYER in n.metadata_props and INSERTED_BY not in n.metadata_props]
+        if not layers:
+            raise OnnxAmpError("model has no onnx_amp.layer annotations; run onnx-amp partition first")
+        missing = [n.metadata_props[A.LAYER] for n in layers if A.PRECISION not in n.metadata_props]
+        if missing:
+            raise OnnxAmpError(
+                f"layers {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''} have no onnx_amp.precision; "
+                "apply a plan first (onnx-amp rewrite --plan PLAN.json, or ApplyPlanPass)")
+        # check every needed amax before touching anything, so the error lists them all
+        need: list[str] = []
+        uses_fp8 = False
+        for n in layers:
+            w, a = (get_format(x) for x in A.parse_precision(n.metadata_props[A.PRECISION]))
+            operand_fmts = (a,) if n.metadata_props.get(A.LAYER_KIND) == "act_act" else (w, a)
+            uses_fp8 |= any(f.needs_qdq and not f.is_int for f in operand_fmts)
+            if a.needs_qdq:
+                keys = [A.AMAX_A] + ([A.AMAX_B] if n.metadata_props.get(A.LAYER_KIND) == "act_act" else [])
+                need += [f"{n.metadata_props[A.LAYER]}:{k.rsplit('.', 1)[-1]}" for k in keys if k not in n.metadata_props]
+        if need:
+            raise OnnxAmpError(
+                f"activation amax missing for {len(need)} operand(s) ({', '.join(need[:6])}{' ...' if len(need) > 6 else ''}) "
+                "needed by their FP8/INT8 activation format; run onnx-amp calibrate first")
+        out = model.clone()
+        rw = _Rewriter(out, self.form, self.int8_output_q)
+        if uses_fp8:
+            _ensure_opset(out, MIN_FP8_OPSET, rw.report)
+        if (out.ir_version or 0) < 10:
+            out.ir_version = 10  # FP8 types and opset 21 need IR >= 9/10
+        for node in [n for n in out.graph if A.LAYER in n.metadata_props and INSERTED_BY not in n.metadata_props]:
+            rw.rewrite_layer(node)
+        rw.drop_dead_weights()
+        self.report = rw.report
+        A.set_json(out, REWRITE, rw.report.to_json())
+        return ir.passes.PassResult(out, True)
+
+
+def rewrite(model: ir.Model, form: str = "emulate", int8_output_q: bool = True) -> tuple[ir.Model, RewriteReport]:
+    p = RewritePass(form, int8_output_q)
+    out = p(model).model
+    return out, p.report
+
+
+def check_model(model: ir.Model | str | os.PathLike, full_check: bool = True) -> None:
+    """``onnx.checker`` on an in-memory model (saved to a temp folder when it has external data)."""
+    if isinstance(model, (str, os.PathLike)):
+        onnx.checker.check_model(str(model), full_check=full_check)
+        return
+    has_external = any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values())
+    if not has_external:
+        proto = ir.to_proto(model)
+        if proto.ByteSize() < 1_800_000_000:
+            onnx.checker.check_model(proto, full_check=full_check)
+            return
+    with tempfile.TemporaryDirectory(prefix="onnx_amp_check_") as d:
+        p = Path(d) / "model.onnx"
+        ir.save(model, p, external_data="model.onnx.data")
+        onnx.checker.check_model(str(p), full_check=full_check)
