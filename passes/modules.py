@@ -5,7 +5,12 @@ such as ``['', 'lm', 'lm.model.layers.0', 'lm.model.layers.0.self_attn.q_proj', 
 module scopes from the root (``''``) down, then the FX node's own name. The module path is the
 deepest module scope, i.e. the element before the last (``pkg.torch.onnx.class_hierarchy`` has
 the same length, and its last element is the op, e.g. ``aten.linear.default``). Nodes of the root
-module get ``""``. Nodes without ``name_scopes`` (graphs from other exporters, nodes added by
+module get ``""``.
+
+Layers whose weight is an initializer named ``<module>.weight`` and whose scope names a sibling
+module instead take the weight's module: the exporter's optimizer folds ``BatchNorm`` into the
+preceding ``Conv`` and the fused node keeps the BatchNorm's scope (``_blocks.0._bn1``), while the
+layer is the convolution (``_blocks.0._depthwise_conv``). Nodes without ``name_scopes`` (graphs from other exporters, nodes added by
 optimizers) are left unannotated.
 """
 
@@ -46,6 +51,28 @@ def module_path(scopes: list[str], strip_prefix: str = "") -> str:
     return path
 
 
+LAYER_OPS = {"MatMul", "Gemm", "Conv", "ConvTranspose"}
+
+
+def _parent(path: str) -> str:
+    return path.rpartition(".")[0]
+
+
+def weight_module(node: ir.Node, strip_prefix: str = "") -> str | None:
+    """Module path from a layer's ``<module>.weight`` initializer input, if any."""
+    if node.op_type not in LAYER_OPS:
+        return None
+    for v in node.inputs:
+        if v is None or v.producer() is not None or not v.name:
+            continue
+        if v.name.endswith(".weight") and (v.is_initializer() or v.const_value is not None):
+            path = v.name[: -len(".weight")]
+            if strip_prefix and path.startswith(strip_prefix):
+                path = path[len(strip_prefix):]
+            return path
+    return None
+
+
 def _nodes(graph: ir.Graph):
     for node in graph:
         yield node
@@ -81,6 +108,9 @@ class AnnotateModulesPass(ir.passes.InPlacePass):
                 if not self.overwrite and MODULE in node.metadata_props:
                     continue
                 path = module_path(parse_name_scopes(scopes), self.strip_prefix)
+                wmod = weight_module(node, self.strip_prefix)
+                if wmod is not None and wmod != path and _parent(wmod) == _parent(path):
+                    path = wmod  # e.g. Conv fused with its BatchNorm keeps the BatchNorm's scope
                 if node.metadata_props.get(MODULE) != path:
                     node.metadata_props[MODULE] = path
                     modified = True
