@@ -151,14 +151,31 @@ def wikipedia_texts() -> list[str]:
     return texts
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=1)
 def _wiki_tokens() -> np.ndarray:
+    """The Wikipedia sample tokenized with SmolLM2's tokenizer (EOS between articles), cached as
+    ``<cache>/smollm2_wiki_tokens_v1.npy`` (tokenizing takes about 15 s)."""
+    path = default_cache_dir() / "smollm2_wiki_tokens_v1.npy"
+    if path.exists():
+        try:
+            return np.load(path)
+        except (OSError, ValueError):
+            pass
     tok = smollm2_tokenizer()
     ids: list[int] = []
     for t in wikipedia_texts():
         ids.extend(tok(t, add_special_tokens=False)["input_ids"])
         ids.append(tok.eos_token_id if tok.eos_token_id is not None else 0)
-    return np.asarray(ids, dtype=np.int64)
+    arr = np.asarray(ids, dtype=np.int64)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, arr)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return arr
 
 
 def smollm2_batch(n: int = 8, seq_len: int = 128, split: str = "calib", seed: int = 0) -> dict[str, np.ndarray]:
