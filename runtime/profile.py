@@ -50,10 +50,28 @@ ORT_MAX_IR = 10  # onnx 1.23 writes IR 11+ by default; this ORT reads up to 13, 
 def make_ort_session(model: ir.Model, threads: int | None = None):
     """An ORT CPU session via the shared ``runtime.ort_session.make_session`` (FP8-safe options).
     ``model`` may be modified (IR version clamped to what this ORT reads)."""
-    from onnx_amp.runtime.ort_session import make_session
+    from onnx_amp.runtime.ort_session import FP8_DISABLED_OPTIMIZERS, make_session, model_has_fp8, session_options
 
     model.ir_version = min(model.ir_version or ORT_MAX_IR, ORT_MAX_IR)
-    return make_session(model, threads=threads)
+    try:
+        return make_session(model, threads=threads)
+    except OnnxAmpError as e:
+        if "zero_point type UINT8" not in str(e):
+            raise
+    # ORT 1.31's QDQS8ToU8Transformer breaks opset-21 INT8 Q/DQ on activation-activation MatMuls
+    # ("output_dtype INT8 does not match y_zero_point type UINT8"); keep every other fusion.
+    import onnxruntime as ort
+
+    import tempfile
+
+    disabled = ["QDQS8ToU8Transformer"] + (FP8_DISABLED_OPTIMIZERS if model_has_fp8(model) else [])
+    tmp = tempfile.TemporaryDirectory(prefix="onnx_amp_prof_")
+    path = f"{tmp.name}/model.onnx"
+    ir.save(model, path, external_data="model.onnx.data")
+    sess = ort.InferenceSession(path, session_options(threads), providers=["CPUExecutionProvider"],
+                                disabled_optimizers=disabled)
+    sess._onnx_amp_tmpdir = tmp
+    return sess
 
 
 def _has_fp8(model) -> bool:
@@ -261,7 +279,37 @@ def _rewrite(model: ir.Model) -> ir.Model:
     from onnx_amp.passes.rewrite import RewritePass
 
     res = RewritePass(form="emulate")(model)
-    return res.model
+    out = res.model
+    dedicate_dq(out)
+    return out
+
+
+def dedicate_dq(model: ir.Model) -> int:
+    """One DequantizeLinear per consumer (the Q stays shared), as ORT's quantizer lays out QDQ
+    (``DedicatedQDQPair``): ORT fuses ``DQ -> MatMul`` into QLinearMatMul / MatMulIntegerToFloat only
+    when the DQ has a single consumer; a DQ shared by q/k/v or gate/up leaves all but one MatMul
+    unfused, with a per-channel weight DQ run on every call. In place; returns DQ nodes added."""
+    added = 0
+    for dq in [n for n in model.graph if n.op_type == "DequantizeLinear"]:
+        y = dq.outputs[0]
+        if y.is_graph_output():
+            continue
+        uses = list(y.uses())
+        if len(uses) < 2:
+            continue
+        src = dq.inputs[0].producer() if dq.inputs[0] is not None else None
+        if src is None or src.op_type != "QuantizeLinear":
+            continue  # weight DQs are per consumer already
+        for i, (consumer, idx) in enumerate(uses[1:]):
+            new = ir.Node(dq.domain, "DequantizeLinear", list(dq.inputs),
+                          attributes=list(dq.attributes.values()), name=f"{dq.name}/dedicated{i}",
+                          metadata_props=dict(dq.metadata_props), num_outputs=1)
+            new.outputs[0].name = f"{y.name}/dedicated{i}"
+            new.outputs[0].dtype, new.outputs[0].shape = y.dtype, y.shape
+            model.graph.insert_after(dq, new)
+            consumer.replace_input_with(idx, new.outputs[0])
+            added += 1
+    return added
 
 
 def annotate_amax_from_run(model: ir.Model, values: dict[str, np.ndarray], overwrite: bool = False) -> int:
@@ -335,6 +383,33 @@ def _const_array(v: ir.Value | None) -> np.ndarray | None:
     return None
 
 
+def fold_weight_constants(model: ir.Model) -> int:
+    """Give every weight layer whose weight is a constant chain (Transpose/Cast of an initializer,
+    a Constant node; e.g. tied embeddings) a folded initializer, so the rewrite can quantize it.
+    In place; returns the number of weights folded."""
+    n = 0
+    for node in model.graph:
+        if ann.get_str(node, ann.LAYER) is None or ann.get_str(node, ann.LAYER_KIND, "weight") != "weight":
+            continue
+        wi = int(ann.get_str(node, ann.WEIGHT_INPUT, "1"))
+        w = node.inputs[wi]
+        if w is None or w.const_value is not None:
+            continue
+        arr = _const_array(w)
+        if arr is None:
+            continue
+        name = f"{w.name}/folded"
+        if name in model.graph.initializers:
+            v = model.graph.initializers[name]
+        else:
+            v = ir.Value(name=name, shape=ir.Shape(arr.shape), type=ir.TensorType(ir.DataType.from_numpy(arr.dtype)),
+                         const_value=ir.Tensor(np.ascontiguousarray(arr), name=name))
+            model.graph.register_initializer(v)
+        node.replace_input_with(wi, v)
+        n += 1
+    return n
+
+
 def lower_config(region_model: ir.Model, config: Config, target: Target) -> ir.Model:
     """Apply a configuration (units -> (w, a)) to an extracted region and lower it (emulate form)."""
     from onnx_amp.passes.plan import ApplyPlanPass, Plan
@@ -343,6 +418,7 @@ def lower_config(region_model: ir.Model, config: Config, target: Target) -> ir.M
     layer_units = {ann.get_str(n, ann.UNIT) for n in region_model.graph if ann.get_str(n, ann.LAYER)}
     units = {u: a for u, a in units.items() if u in layer_units}
     plan = Plan(target=target.name, strategy="profile", units=units)
+    fold_weight_constants(region_model)
     ApplyPlanPass(plan, target=target)(region_model)
     return _rewrite(region_model)
 
@@ -394,6 +470,12 @@ def profile_model(model: ir.Model, target: Target | str = "cpu", *, feeds: dict[
     if not regions_json:
         raise OnnxAmpError("model has no onnx_amp.regions annotation; run `onnx-amp partition` first")
     part = partition(model)
+    ann_ids = [r["id"] for r in regions_json["regions"]]
+    if [r.id for r in part.regions] != ann_ids or any(
+            sorted(r.layers) != sorted(a.get("layers", [])) for r, a in zip(part.regions, regions_json["regions"])):
+        raise OnnxAmpError(
+            "the model's onnx_amp.regions annotation does not match its partition (made by another version of "
+            "the partition pass?); re-run `onnx-amp partition` on the original model")
     rids = [r["id"] for r in regions_json["regions"] if regions is None or r["id"] in regions]
     units_of = {r["id"]: region_units(r) for r in regions_json["regions"]}
     node_region: dict[str, list[ir.Node]] = {}
