@@ -49,6 +49,7 @@ Region JSON (model key ``onnx_amp.regions``)::
 
 from __future__ import annotations
 
+import gc
 import json
 from collections import deque
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ from onnx_amp.runtime.onnx_io import OnnxAmpError
 
 LAYER_OPS = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose"})
 CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan"})
+GRAPH_ATTR_OPS = CONTROL_FLOW_OPS | {"SequenceMap"}  # standard ops that may carry subgraphs
 SHAPE_OPS = frozenset({"Shape", "Size"})
 NONDETERMINISTIC_OPS = frozenset(
     {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli", "Dropout"}
@@ -196,18 +198,21 @@ def _node_inputs(node: ir.Node, graph: ir.Graph) -> list[ir.Value]:
 
 
 def _unique_names(nodes: list[ir.Node]) -> tuple[dict[ir.Node, str], dict[ir.Node, str]]:
-    owners: dict[str, ir.Node] = {}
-    for n in nodes:
-        if n.name and n.name not in owners:
-            owners[n.name] = n
-    taken = set(owners)
-    names: dict[ir.Node, str] = {}
+    raw = [n.name for n in nodes]
+    owners: dict[str, int] = {}
+    for i, nm in enumerate(raw):
+        if nm and nm not in owners:
+            owners[nm] = i
+    names: dict[ir.Node, str] = dict(zip(nodes, raw))
     renamed: dict[ir.Node, str] = {}
-    for i, n in enumerate(nodes):
-        if n.name and owners.get(n.name) is n:
-            names[n] = n.name
+    taken = None
+    for i, nm in enumerate(raw):
+        if nm and owners[nm] == i:
             continue
-        base = f"{n.name}_dup{i}" if n.name else f"{n.op_type}_{i}"
+        if taken is None:
+            taken = set(owners)
+        n = nodes[i]
+        base = f"{nm}_dup{i}" if nm else f"{n.op_type}_{i}"
         cand = base
         k = 1
         while cand in taken:
@@ -260,25 +265,37 @@ def partition(model: ir.Model, source: str | None = None) -> Partition:
     ``source`` names the model in error messages (a file path); defaults to the graph name.
     Raises ``OnnxAmpError`` when the model has no quantizable layer.
     """
+    # The cyclic GC would rescan the whole (large) IR graph many times while we allocate
+    # per-node lists; nothing here creates cycles worth collecting, so pause it (2x faster).
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _partition(model, source)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _partition(model: ir.Model, source: str | None) -> Partition:
     graph = model.graph
     nodes = list(graph)
     n_nodes = len(nodes)
     index = {n: i for i, n in enumerate(nodes)}
 
     # predecessor lists (graph indices), values read
-    inputs_of: list[list[ir.Value]] = [None] * n_nodes  # type: ignore[list-item]
-    preds: list[list[int]] = [None] * n_nodes  # type: ignore[list-item]
+    prod_idx: dict[ir.Value, int] = {}
     for i, n in enumerate(nodes):
-        ins = _node_inputs(n, graph)
-        inputs_of[i] = ins
-        p = []
-        for v in ins:
-            prod = v.producer()
-            if prod is not None:
-                j = index.get(prod)
-                if j is not None:
-                    p.append(j)
-        preds[i] = p
+        for o in n.outputs:
+            prod_idx[o] = i
+    get_prod = prod_idx.get
+    inputs_of: list = [n.inputs for n in nodes]
+    for i, ins in enumerate(inputs_of):
+        if None in ins:
+            inputs_of[i] = tuple(v for v in ins if v is not None)
+    for i, n in enumerate(nodes):
+        if n.op_type in GRAPH_ATTR_OPS or (n.domain not in ("", "ai.onnx") and _has_subgraph(n)):
+            inputs_of[i] = tuple(inputs_of[i]) + tuple(_captured_values(n, graph))
+    preds: list[list[int]] = [[j for j in map(get_prod, ins) if j is not None] for ins in inputs_of]
 
     # topological order (graph order when already sorted, else Kahn's algorithm, stable)
     sorted_already = all(j < i for i in range(n_nodes) for j in preds[i])
@@ -308,38 +325,52 @@ def partition(model: ir.Model, source: str | None = None) -> Partition:
     for p, i in enumerate(topo):
         tpos[i] = p
 
-    # constant / static (shape computation) classification
+    # constant / static (shape computation) classification, per node and per value
     CONST, STATIC, DATA = 0, 1, 2
     kind = [DATA] * n_nodes
+    vk: dict[ir.Value, int] = {}
+    for v in graph.inputs:
+        vk[v] = DATA
+    for v in graph.initializers.values():
+        vk[v] = CONST
 
     def vkind(v: ir.Value) -> int:
-        prod = v.producer()
-        if prod is None:
-            if v.is_initializer() or v.const_value is not None:
-                return CONST
-            return DATA  # graph input (or outer-scope value)
-        j = index.get(prod)
-        return DATA if j is None else kind[j]
+        k = vk.get(v)
+        if k is None:  # an outer-scope or otherwise unknown value
+            k = CONST if (v.producer() is None and v.const_value is not None) else DATA
+        return k
 
     is_layer = [False] * n_nodes
     layer_info: dict[int, tuple[str, int | None, ir.Value | None]] = {}
     main = [False] * n_nodes
+    std_domain = ("", "ai.onnx")
     for i in topo:
         n = nodes[i]
         op = n.op_type
         ins = inputs_of[i]
-        ks = [vkind(v) for v in ins]
-        if op == "Constant" and n.domain in ("", "ai.onnx"):
-            kind[i] = CONST
-        elif op in SHAPE_OPS and n.domain in ("", "ai.onnx"):
-            kind[i] = STATIC
-        elif ins and op not in NONDETERMINISTIC_OPS and all(k != DATA for k in ks):
-            kind[i] = CONST if all(k == CONST for k in ks) else STATIC
+        if op == "Constant" and n.domain in std_domain:
+            k = CONST
+        elif op in SHAPE_OPS and n.domain in std_domain:
+            k = STATIC
+        elif ins and op not in NONDETERMINISTIC_OPS:
+            k = CONST
+            for v in ins:
+                kv = vk.get(v)
+                if kv is None:
+                    kv = vkind(v)
+                if kv == DATA:
+                    k = DATA
+                    break
+                if kv == STATIC:
+                    k = STATIC
         else:
-            kind[i] = DATA
-        if kind[i] != DATA:
+            k = DATA
+        kind[i] = k
+        for o in n.outputs:
+            vk[o] = k
+        if k != DATA:
             continue
-        if op in LAYER_OPS and n.domain in ("", "ai.onnx") and len(n.inputs) >= 2:
+        if op in LAYER_OPS and n.domain in std_domain and len(n.inputs) >= 2:
             a, b = n.inputs[0], n.inputs[1]
             if a is not None and b is not None:
                 ka, kb = vkind(a), vkind(b)
@@ -430,14 +461,14 @@ def partition(model: ir.Model, source: str | None = None) -> Partition:
     # main graph, so the first block keeps its residual edge like every other block. A value whose
     # main consumers lie in more than two regions is a broadcast side input (mask-like) and stops
     # the promotion.
-    consumers: list[list[int]] = [[] for _ in range(n_nodes)]
-    for i in range(n_nodes):
-        for j in preds[i]:
-            consumers[j].append(i)
-    value_main_regions: dict[ir.Value, set] = {}
-    for i in main_order:
-        for v in inputs_of[i]:
-            value_main_regions.setdefault(v, set()).add(region_idx[i])
+    def main_regions_reading(v: ir.Value) -> set[int]:
+        regs = set()
+        for use in v.uses():
+            j = index.get(use.node)
+            if j is not None and main[j]:
+                regs.add(region_idx[j])
+        return regs
+
     promoted = [False] * n_nodes
     promoted_inputs: set[ir.Value] = set()
     stack = []
@@ -456,7 +487,7 @@ def partition(model: ir.Model, source: str | None = None) -> Partition:
         if prod is not None and (j is None or main[j] or kind[j] != DATA):
             continue
         outs = [v] if prod is None else prod.outputs
-        if len(set().union(*(value_main_regions.get(o, set()) for o in outs))) > 2:
+        if len(set().union(*(main_regions_reading(o) for o in outs))) > 2:
             continue  # broadcast (mask-like) side input
         if prod is None:
             promoted_inputs.add(v)
@@ -533,8 +564,8 @@ def partition(model: ir.Model, source: str | None = None) -> Partition:
     consumers_main: dict[ir.Value, bool] = {}
     for i in main_order:
         for v in inputs_of[i]:
-            prod = v.producer()
-            if prod is not None and prod in index and main[index[prod]]:
+            j = get_prod(v)
+            if j is not None and main[j]:
                 consumers_main[v] = True
     graph_outputs = set(graph.outputs)
 
@@ -546,6 +577,7 @@ def partition(model: ir.Model, source: str | None = None) -> Partition:
                 out.append(v)
         return out
 
+    rid_names = [f"r{r}" for r in range(n_regions)]
     regions: list[Region] = []
     for r, (st, en, closed) in enumerate(merged):
         if st == 0:
@@ -590,7 +622,7 @@ def partition(model: ir.Model, source: str | None = None) -> Partition:
         regions=regions,
         layers=layers,
         units=units,
-        region_of={nodes[i]: f"r{region_idx[i]}" for i in range(n_nodes)},
+        region_of=dict(zip(nodes, [rid_names[r] for r in region_idx])),
         main_nodes=[nodes[i] for i in main_order],
         side_nodes=[nodes[i] for i in side_order],
         cut_points=[nodes[main_order[p - 1]] for p in cut_pos],
@@ -706,6 +738,12 @@ def extract_region(model: ir.Model, region_id: str, part: Partition | None = Non
     # entry first, in order
     entry = [v for v in region.entry if v in seen]
     inputs = entry + [v for v in inputs if v not in set(entry)]
+    untyped = [v.name for v in inputs + list(region.exit) if v.type is None]
+    if untyped:
+        raise OnnxAmpError(
+            f"{graph.name or 'model'}: region {region_id} boundary tensor(s) {', '.join(untyped[:3])} have no type; "
+            "run ONNX shape inference on the model before extracting regions"
+        )
     view = ir.GraphView(
         inputs,
         list(region.exit),
