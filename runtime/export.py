@@ -137,6 +137,7 @@ def _causal_lm_inputs(wrapped: nn.Module):
 
 class _EncoderHidden(nn.Module):
     module_prefix = "model."
+    output_names = ["last_hidden_state"]
 
     def __init__(self, model):
         super().__init__()
@@ -224,7 +225,7 @@ def export_model(source: str | nn.Module, out_path: str | os.PathLike, opset: in
     t1 = time.perf_counter()
     if verbose:
         print(f"onnx-amp export: loaded {label} in {t1 - t0:.1f} s; exporting (dynamo, opset {opset})...", file=sys.stderr)
-    model = to_ir(module, ex, dyn, opset, output_names, prefix)
+    model = to_ir(module, ex, dyn, opset, output_names or getattr(module, "output_names", None), prefix)
     t2 = time.perf_counter()
     save_model(model, out)
     if verbose:
