@@ -89,17 +89,19 @@ class RewriteReport:
     notes: list[str] = field(default_factory=list)
     inserted: int = 0
     opset_converted: tuple[int, int] | None = None
+    reduce_range: bool = False
 
     def to_json(self) -> dict:
         counts: dict[str, int] = {}
         for p in self.layers.values():
             counts[p] = counts.get(p, 0) + 1
         return {"form": self.form, "precisions": counts, "inserted_nodes": self.inserted,
-                "opset_converted": self.opset_converted, "notes": self.notes}
+                "opset_converted": self.opset_converted, "reduce_range": self.reduce_range, "notes": self.notes}
 
 
 class _Rewriter:
-    def __init__(self, model: ir.Model, form: str, int8_output_q: bool):
+    def __init__(self, model: ir.Model, form: str, int8_output_q: bool, reduce_range: bool = False):
+        self.reduce_range = reduce_range
         self.model = model
         self.graph = model.graph
         self.form = form
@@ -165,15 +167,21 @@ class _Rewriter:
             cur = self.add_node(layer, "Cast", [cur], {"to": f.onnx_dtype}, f"{base}_cast", f.onnx_dtype, shape)
             cur = self.add_node(layer, "Cast", [cur], {"to": compute}, f"{base}_uncast", compute, shape)
         else:
+            # One Q -> DQ pair per consumer layer: ORT fuses DQ -> MatMul into its integer kernels only
+            # when the Q feeds that one DQ (q/k/v share their input). Sessions must then run without
+            # CommonSubexpressionElimination, which would merge the identical Qs again
+            # (runtime.ort_session.make_session does that).
             if compute != src:
                 cur = self.add_node(layer, "Cast", [cur], {"to": compute}, f"{base}_in", compute, shape)
             s = FQ.activation_scale(amax, f)
-            scale = self.add_init(_np_tensor(torch.tensor(s, dtype=torch.float32), ir.DataType.FLOAT, ""), f"{base}_scale")
-            if compute != ir.DataType.FLOAT:
-                scale = self.add_init(ir.Tensor(np.array(s, dtype=np.float32).astype(_NP_DTYPE[compute]), dtype=compute), f"{base}_scale_{compute.name.lower()}")
+            if compute == ir.DataType.FLOAT:
+                st = _np_tensor(torch.tensor(s, dtype=torch.float32), ir.DataType.FLOAT, "")
+            else:
+                st = ir.Tensor(np.array(s, dtype=np.float32).astype(_NP_DTYPE[compute]), dtype=compute)
+            scale = self.add_init(st, f"{base}_scale")
             zp = self.add_init(_zero(f.onnx_dtype, None, ""), f"{base}_zp")
             q = self.add_node(layer, "QuantizeLinear", [cur, scale, zp], {}, f"{base}_q", f.onnx_dtype, shape)
-            cur = self.add_node(layer, "DequantizeLinear", [q, scale, zp], {}, f"{base}_dq", compute, shape)
+            return self.add_node(layer, "DequantizeLinear", [q, scale, zp], {}, f"{base}_dq", compute, shape)
         self.act_cache[key] = cur
         return cur
 
@@ -199,7 +207,7 @@ class _Rewriter:
             if compute != f.onnx_dtype:
                 out = self.add_node(layer, "Cast", [stored], {"to": compute}, f"{base}_cast", compute, wt.shape)
         else:
-            q, s = FQ.quantize_weight(wt, f, axis)
+            q, s = FQ.quantize_weight(wt, f, axis, self.reduce_range)
             ax = axis % wt.dim()
             qv = self.add_init(_np_tensor(q, f.onnx_dtype, ""), f"{base}_q")
             if compute == ir.DataType.FLOAT:
@@ -245,6 +253,7 @@ class _Rewriter:
         wname, aname = A.parse_precision(props[A.PRECISION])
         fw, fa = get_format(wname), get_format(aname)
         self.report.layers[lid] = A.format_precision(fw.name, fa.name)
+        self.report.reduce_range = self.reduce_range
         kind = props.get(A.LAYER_KIND, "weight")
         where = f"layer {lid} (node {layer.name})"
 
@@ -375,12 +384,17 @@ class RewritePass(ir.passes.FunctionalPass):
     """Lower ``onnx_amp.precision`` annotations (see module doc). Returns a new model.
 
     ``int8_output_q``: in the emulate form, add the INT8 output ``Q -> DQ`` when the layer has
-    ``onnx_amp.amax.y`` (ORT then fuses to QLinearMatMul/QLinearConv). The report of the last call
+    ``onnx_amp.amax.y`` (ORT then fuses to QLinearMatMul/QLinearConv; without it, to
+    MatMulIntegerToFloat). Off by default: it adds output rounding the loss model does not predict.
+    ``reduce_range``: INT8 weights in [-63, 63] (scale amax_c/63), ORT's ``reduce_range``: needed for
+    the *fused* integer kernels to compute the Q/DQ result exactly on x86 CPUs without VNNI (int16
+    saturation of u8*s8 pairs); see ``runtime.ort_session.make_session(exact_qdq=...)``. The report of the last call
     is ``self.report`` (also stored as the model key ``onnx_amp.rewrite``).
     """
 
-    def __init__(self, form: str = "emulate", int8_output_q: bool = True):
+    def __init__(self, form: str = "emulate", int8_output_q: bool = False, reduce_range: bool = False):
         super().__init__()
+        self.reduce_range = reduce_range
         if form not in FORMS:
             raise OnnxAmpError(f"unknown rewrite form {form!r}; use one of {', '.join(FORMS)}")
         self.form = form
@@ -414,7 +428,7 @@ class RewritePass(ir.passes.FunctionalPass):
                 f"activation amax missing for {len(need)} operand(s) ({', '.join(need[:6])}{' ...' if len(need) > 6 else ''}) "
                 "needed by their FP8/INT8 activation format; run onnx-amp calibrate first")
         out = model.clone()
-        rw = _Rewriter(out, self.form, self.int8_output_q)
+        rw = _Rewriter(out, self.form, self.int8_output_q, self.reduce_range)
         if uses_fp8:
             _ensure_opset(out, MIN_FP8_OPSET, rw.report)
         if (out.ir_version or 0) < 10:
@@ -427,8 +441,9 @@ class RewritePass(ir.passes.FunctionalPass):
         return ir.passes.PassResult(out, True)
 
 
-def rewrite(model: ir.Model, form: str = "emulate", int8_output_q: bool = True) -> tuple[ir.Model, RewriteReport]:
-    p = RewritePass(form, int8_output_q)
+def rewrite(model: ir.Model, form: str = "emulate", int8_output_q: bool = False,
+            reduce_range: bool = False) -> tuple[ir.Model, RewriteReport]:
+    p = RewritePass(form, int8_output_q, reduce_range)
     out = p(model).model
     return out, p.report
 

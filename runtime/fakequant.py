@@ -72,13 +72,22 @@ def cast_emulate(x: torch.Tensor, fmt: str | Format) -> torch.Tensor:
     return x.to(f.torch_dtype).to(torch.float32)
 
 
-def weight_scales(w: torch.Tensor, fmt: str | Format, axis: int) -> torch.Tensor:
-    """Per-output-channel scale amax_c / fmt.max (float32 vector along ``axis``)."""
+REDUCED_INT8_QMAX = 63.0  # ORT's reduce_range: 7-bit weights, no int16 saturation in u8s8 kernels
+
+
+def weight_scales(w: torch.Tensor, fmt: str | Format, axis: int, reduce_range: bool = False) -> torch.Tensor:
+    """Per-output-channel scale amax_c / fmt.max (float32 vector along ``axis``).
+
+    ``reduce_range`` (INT8 only): scale amax_c / 63, so stored weights lie in [-63, 63]. ORT's fused
+    u8s8 integer kernels on x86 CPUs without VNNI (AVX2, e.g. this machine) add pairs of u8*s8
+    products in int16 with saturation; full-range weights then give wrong results there.
+    """
     f = _fmt(fmt)
     ax = axis % w.dim()
     dims = [d for d in range(w.dim()) if d != ax]
     amax = w.detach().float().abs().amax(dim=dims) if dims else w.detach().float().abs()
-    s = (amax / f.max_value).to(torch.float32)
+    qmax = REDUCED_INT8_QMAX if (reduce_range and f.is_int) else f.max_value
+    s = (amax / qmax).to(torch.float32)
     return torch.where(s > 0, s, torch.ones_like(s))
 
 
@@ -91,14 +100,15 @@ def activation_scale(amax: float, fmt: str | Format) -> float:
     return s if s > 0 else 1.0
 
 
-def quantize_weight(w: torch.Tensor, fmt: str | Format, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_weight(w: torch.Tensor, fmt: str | Format, axis: int,
+                    reduce_range: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(stored quantized weight, per-channel scales) as the rewrite pass writes them."""
-    s = weight_scales(w, fmt, axis)
+    s = weight_scales(w, fmt, axis, reduce_range)
     return quantize(w, fmt, s, axis), s
 
 
 def apply_operand_format(x: torch.Tensor, fmt: str | Format, *, amax: float | None = None,
-                         axis: int | None = None) -> torch.Tensor:
+                         axis: int | None = None, reduce_range: bool = False) -> torch.Tensor:
     """Lower one operand: fp32 identity, bf16/fp16 cast pair, fp8/int8 fake quant.
 
     ``axis`` given: per-channel weight quantization with scales from ``x`` itself; otherwise
@@ -110,7 +120,7 @@ def apply_operand_format(x: torch.Tensor, fmt: str | Format, *, amax: float | No
     if not f.needs_qdq:
         return cast_emulate(x, f).to(x.dtype)
     if axis is not None:
-        return fake_quant(x, f, weight_scales(x, f, axis), axis).to(x.dtype)
+        return fake_quant(x, f, weight_scales(x, f, axis, reduce_range), axis).to(x.dtype)
     if amax is None:
         raise ValueError(f"{f.name} activation needs a calibration amax (run onnx-amp calibrate first)")
     return fake_quant(x, f, activation_scale(amax, f)).to(x.dtype)
@@ -132,7 +142,7 @@ def _layer_spec(node) -> dict | None:
     return spec
 
 
-def emulate_plan_hook(model):
+def emulate_plan_hook(model, reduce_range: bool = False):
     """``operand_hook(node, input_index, tensor)`` applying each layer's ``onnx_amp.precision``.
 
     Matches the *emulate* form of ``RewritePass`` operand by operand (INT8 output Q/DQ, which the
@@ -156,7 +166,8 @@ def emulate_plan_hook(model):
                 key = (name, input_index)
                 # weights are constant across batches: quantize once
                 if key not in wcache or wcache[key][0] is not tensor:
-                    wcache[key] = (tensor, apply_operand_format(tensor, s["w"], axis=s["weight_axis"]))
+                    wcache[key] = (tensor, apply_operand_format(tensor, s["w"], axis=s["weight_axis"],
+                                                                        reduce_range=reduce_range))
                 return wcache[key][1]
             data_index = 0 if s["weight_input"] != 0 else 1
             if input_index == data_index:
@@ -194,6 +205,7 @@ def emulate_plan_output_hook(model, int8_output_q: bool = True):
     return hook
 
 
-def emulate_plan_hooks(model, int8_output_q: bool = True):
-    """(operand_hook, output_hook) for ``TorchGraph.forward`` reproducing ``RewritePass("emulate")``."""
-    return emulate_plan_hook(model), emulate_plan_output_hook(model, int8_output_q)
+def emulate_plan_hooks(model, int8_output_q: bool = False, reduce_range: bool = False):
+    """(operand_hook, output_hook) for ``TorchGraph.forward`` reproducing
+    ``RewritePass("emulate", int8_output_q, reduce_range)``."""
+    return emulate_plan_hook(model, reduce_range), emulate_plan_output_hook(model, int8_output_q)

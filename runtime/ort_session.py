@@ -6,6 +6,7 @@
   tests/test_ort_session.py); otherwise ORT's default optimizations, so INT8 Q/DQ fuses into
   MatMulIntegerToFloat / QLinearMatMul / QLinearConv. In-memory models with external data are
   saved to a temporary folder first (kept alive with the session).
+  INT8 Q/DQ models run without CommonSubexpressionElimination (see INT8_DISABLED_OPTIMIZERS).
 - ``run(session, feeds)`` -> {output name: numpy array}.
 - ``measured_loss_mse(ref_model, plan_model, batches, loss_fn)`` -> (mse, per-sample deltas):
   ``mean_n (L_n(plan) - L_n(fp32))^2`` with per-sample losses from ``runtime.losses``.
@@ -26,6 +27,10 @@ import torch
 from onnx_amp.runtime.onnx_io import OnnxAmpError, load_model
 
 FP8_DISABLED_OPTIMIZERS = ["QDQSelectorActionTransformer", "ReluQuantRewrite"]
+# INT8 Q/DQ: the rewrite gives each consumer layer its own Q -> DQ (ORT fuses DQ -> MatMul into
+# MatMulIntegerToFloat / QLinearMatMul only when the DQ's Q has no other consumer); CSE would merge
+# the identical Qs of q/k/v back into one and block the fusion.
+INT8_DISABLED_OPTIMIZERS = ["CommonSubexpressionElimination"]
 _FP8 = {ir.DataType.FLOAT8E4M3FN, ir.DataType.FLOAT8E5M2, ir.DataType.FLOAT8E4M3FNUZ, ir.DataType.FLOAT8E5M2FNUZ}
 _FP8_PROTO = {17, 18, 19, 20}  # TensorProto FLOAT8* enum values
 
@@ -45,6 +50,17 @@ def _proto_has_fp8(path: Path) -> bool:
                 if a.name in ("output_dtype", "to") and a.i in _FP8_PROTO:
                     return True
     return False
+
+
+def _proto_has_qdq(path: Path) -> bool:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    return any(n.op_type == "QuantizeLinear" for n in m.graph.node)
+
+
+def model_has_qdq(model: ir.Model) -> bool:
+    return any(n.op_type == "QuantizeLinear" for n in model.graph.all_nodes())
 
 
 def model_has_fp8(model: ir.Model) -> bool:
@@ -74,12 +90,20 @@ def session_options(threads: int | None = None, optimize: bool = True,
 
 
 def make_session(model_or_path: ir.Model | str | os.PathLike, optimize: bool = True, threads: int | None = None,
-                 optimized_model_filepath: str | None = None, fp8: bool | None = None) -> ort.InferenceSession:
-    """A CPU session; FP8 Q/DQ models always get the QDQ fusions disabled (``fp8`` forces it)."""
+                 optimized_model_filepath: str | None = None, fp8: bool | None = None,
+                 exact_qdq: bool = False) -> ort.InferenceSession:
+    """A CPU session; FP8 Q/DQ models always get the QDQ fusions disabled (``fp8`` forces it).
+
+    ``exact_qdq``: also keep INT8 Q/DQ unfused (the Q/DQ math as ONNX defines it, float MatMul).
+    ORT's fused u8s8 integer kernels saturate int16 pair sums on x86 CPUs without VNNI (this
+    machine: AVX2), so full-range INT8 weights give results off by several quantization steps;
+    use it for accuracy measurements, or rewrite with ``reduce_range=True`` to fuse exactly.
+    """
     tmpdir = None
     if isinstance(model_or_path, ir.Model):
         model = model_or_path
         has_fp8 = model_has_fp8(model) if fp8 is None else fp8
+        has_qdq = model_has_qdq(model)
         external = any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values())
         proto = None
         if not external:
@@ -98,11 +122,14 @@ def make_session(model_or_path: ir.Model | str | os.PathLike, optimize: bool = T
         if not path.is_file():
             raise OnnxAmpError(f"{path}: no such file")
         has_fp8 = _proto_has_fp8(path) if fp8 is None else fp8
+        has_qdq = _proto_has_qdq(path)
         source = str(path)
     so = session_options(threads, optimize, optimized_model_filepath)
     kwargs = {}
-    if has_fp8:
-        kwargs["disabled_optimizers"] = FP8_DISABLED_OPTIMIZERS
+    if has_fp8 or (exact_qdq and has_qdq):
+        kwargs["disabled_optimizers"] = list(FP8_DISABLED_OPTIMIZERS)
+    elif has_qdq:
+        kwargs["disabled_optimizers"] = list(INT8_DISABLED_OPTIMIZERS)
     try:
         sess = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"], **kwargs)
     except Exception as e:  # noqa: BLE001
@@ -140,13 +167,13 @@ def run(session: ort.InferenceSession, feeds: dict[str, Any], outputs: list[str]
     return dict(zip(out_names, res))
 
 
-def _as_model(m) -> tuple[Any, ir.Model | None]:
+def _as_model(m, exact_qdq: bool = True) -> tuple[Any, ir.Model | None]:
     if isinstance(m, ort.InferenceSession):
         return m, None
     if isinstance(m, ir.Model):
-        return make_session(m), m
+        return make_session(m, exact_qdq=exact_qdq), m
     model = load_model(m)
-    return make_session(m), model
+    return make_session(m, exact_qdq=exact_qdq), model
 
 
 def per_sample_losses(session: ort.InferenceSession, batches: Iterable[dict], loss_spec, reference: list | None = None):
@@ -164,13 +191,14 @@ def per_sample_losses(session: ort.InferenceSession, batches: Iterable[dict], lo
 
 
 def measured_loss_mse(ref_model, plan_model, batches: Iterable[dict], loss_fn=None, progress: bool = True,
-                      output_name: str | None = None) -> tuple[float, np.ndarray]:
+                      output_name: str | None = None, exact_qdq: bool = True) -> tuple[float, np.ndarray]:
     """``mean_n (L_n(plan) - L_n(ref))^2`` over the samples of ``batches``; returns (mse, deltas[N]).
 
     ``ref_model``/``plan_model``: ``ir.Model``, path, or ``ort.InferenceSession``. ``loss_fn``:
     anything ``runtime.losses.resolve_loss`` takes (``None`` = detect; a ``LossSpec``; a name; a
     callable ``fn(output, batch) -> [B]``). Unlabeled classification scores both models against the
-    reference model's prediction. Non-finite losses raise ``OnnxAmpError``.
+    reference model's prediction. Non-finite losses raise ``OnnxAmpError``. ``exact_qdq`` (default):
+    INT8 Q/DQ run unfused, as ONNX defines them (see ``make_session``).
     """
     from tqdm.auto import tqdm
 
@@ -179,8 +207,8 @@ def measured_loss_mse(ref_model, plan_model, batches: Iterable[dict], loss_fn=No
     batches = list(batches)
     if not batches:
         raise OnnxAmpError("measured loss MSE needs at least one batch of held-out samples")
-    ref_sess, ref_ir = _as_model(ref_model)
-    plan_sess, _ = _as_model(plan_model)
+    ref_sess, ref_ir = _as_model(ref_model, exact_qdq)
+    plan_sess, _ = _as_model(plan_model, exact_qdq)
     spec = loss_fn
     if not isinstance(spec, LossSpec):
         if ref_ir is None:

@@ -1,0 +1,123 @@
+"""INT8 emulate-form speedup on ONNX Runtime CPU: fp32 vs the rewritten INT8 model.
+
+    python -m onnx_amp.tools.bench_rewrite_int8 /work/cache/minilm/model.onnx --batch 8 --seq 128
+
+Partitions the model, takes activation amax (and layer-output amax for the output-Q layout) from one
+torch run on random tokens / images, lowers all weight layers to INT8 (act-act attention MatMuls
+stay fp32 unless --act-act), and times fp32, INT8 without output Q (-> MatMulIntegerToFloat) and
+INT8 with output Q (-> QLinearMatMul); prints medians, the fused op counts and output agreement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from onnx_amp.passes import annotations as A
+from onnx_amp.passes.partition import PartitionPass
+from onnx_amp.passes.plan import ApplyPlanPass, uniform_plan
+from onnx_amp.passes.rewrite import RewritePass
+from onnx_amp.runtime.onnx_io import load_model
+from onnx_amp.runtime.ort_session import make_session, run
+from onnx_amp.runtime.torch_graph import TorchGraph
+
+
+def feeds_for(model, batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
+    g = np.random.default_rng(seed)
+    out = {}
+    for v in model.graph.inputs:
+        if v.dtype.name.startswith("INT"):
+            out[v.name] = (g.integers(1000, 20000, (batch, seq)) if "ids" in v.name else np.ones((batch, seq))).astype(np.int64)
+        else:
+            dims = [d if isinstance(d, int) else batch for d in v.shape]
+            out[v.name] = g.standard_normal(dims).astype(np.float32)
+    return out
+
+
+def annotate_amax(model, feeds) -> None:
+    amax: dict[tuple[str, int], float] = {}
+
+    def op_hook(node, j, t):
+        amax[(node.name, j)] = max(amax.get((node.name, j), 0.0), float(t.detach().abs().max()))
+        return t
+
+    def out_hook(node, j, t):
+        amax[(node.name, -1)] = max(amax.get((node.name, -1), 0.0), float(t.detach().abs().max()))
+        return t
+
+    with torch.no_grad():
+        TorchGraph(model)({k: torch.from_numpy(v) for k, v in feeds.items()}, operand_hook=op_hook, output_hook=out_hook)
+    for n in A.layer_nodes(model.graph):
+        wi = int(n.metadata_props.get(A.WEIGHT_INPUT, "1"))
+        if n.metadata_props.get(A.LAYER_KIND) == "act_act":
+            n.metadata_props[A.AMAX_A] = repr(amax[(n.name, 0)])
+            n.metadata_props[A.AMAX_B] = repr(amax[(n.name, 1)])
+        else:
+            n.metadata_props[A.AMAX_A] = repr(amax[(n.name, 1 - wi)])
+        n.metadata_props["onnx_amp.amax.y"] = repr(amax[(n.name, -1)])
+
+
+def time_session(sess, feeds, repeats: int, warmup: int = 3) -> list[float]:
+    for _ in range(warmup):
+        run(sess, feeds)
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run(sess, feeds)
+        ts.append(time.perf_counter() - t0)
+    return ts
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--act-act", action="store_true", help="also lower attention's activation-activation MatMuls")
+    args = ap.parse_args(argv)
+    model = load_model(args.model)
+    PartitionPass()(model)
+    feeds = feeds_for(model, args.batch, args.seq)
+    annotate_amax(model, feeds)
+    plan = uniform_plan(model, "int8", "int8", include_act_act=args.act_act)
+    ApplyPlanPass(plan)(model)
+    variants = {"fp32": model}
+    variants["int8 (no output Q)"] = RewritePass("emulate", int8_output_q=False)(model).model
+    variants["int8 (output Q)"] = RewritePass("emulate", int8_output_q=True)(model).model
+    results = {}
+    ref = None
+    with tempfile.TemporaryDirectory() as d:
+        for i, (name, m) in enumerate(variants.items()):
+            opt = str(Path(d) / f"opt{i}.onnx")
+            sess = make_session(m, threads=args.threads, optimized_model_filepath=opt)
+            ops = Counter(n.op_type for n in onnx.load(opt, load_external_data=False).graph.node)
+            fused = {k: v for k, v in ops.items() if k in ("QLinearMatMul", "MatMulIntegerToFloat", "MatMulInteger",
+                                                          "QLinearConv", "ConvInteger", "DynamicQuantizeMatMul", "MatMul")}
+            out = run(sess, feeds)
+            y = next(iter(out.values()))
+            if ref is None:
+                ref = y
+            ts = time_session(sess, feeds, args.repeats)
+            results[name] = statistics.median(ts)
+            q1, q3 = np.percentile(ts, [25, 75])
+            print(f"{name:22s} median {results[name]*1e3:8.2f} ms  IQR [{q1*1e3:.2f}, {q3*1e3:.2f}]  "
+                  f"ops {fused}  max|y-y_fp32| {np.abs(y - ref).max():.4g}")
+    base = results["fp32"]
+    for name, t in results.items():
+        if name != "fp32":
+            print(f"speedup {name}: {base / t:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
