@@ -1,0 +1,222 @@
+"""Solver tests: real `mip` (HiGHS and CBC), seeded random instances, brute force as the oracle."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+
+from onnx_amp.passes.solve import (
+    Config, Problem, Region, STRATEGIES, bisect_tau, pareto_sweep, plot_pareto, relative_tau, solve, solve_ip,
+    tau_grid,
+)
+from onnx_amp.runtime.onnx_io import OnnxAmpError
+from onnx_amp.tools.bench_solve import random_problem
+
+HI, LO = ("bf16", "bf16"), ("fp8_e4m3", "fp8_e4m3")
+
+
+def brute_force(p: Problem, tau: float, metric: str = "time"):
+    best = (-math.inf, None)
+    for sel in itertools.product(*[range(len(r.configs)) for r in p.regions]):
+        g, d = p.totals(sel, metric)
+        if d <= tau and g > best[0]:
+            best = (g, sel)
+    return best
+
+
+def chain_problem(gains, losses, pairs_in_region=False):
+    """One unit per region, two configs (high: 0 gain/0 loss, low: gain/loss given)."""
+    regions = []
+    for i, (g, d) in enumerate(zip(gains, losses)):
+        u = f"U{i}"
+        regions.append(Region(f"r{i}", [u], [Config({u: HI}, {"time": 0.0}, 0.0), Config({u: LO}, {"time": g}, d)]))
+    return Problem(regions, HI, target="synthetic")
+
+
+@pytest.mark.parametrize("solver", ["HiGHS", "CBC"])
+def test_ip_optimal_vs_brute_force(solver):
+    for seed in range(12):
+        p = random_problem(4, 4, seed=seed)
+        for frac in (0.05, 0.3, 0.7):
+            tau = max(frac * p.all_low_mse(), p.min_mse())
+            bg, _ = brute_force(p, tau)
+            sel = solve_ip(p, tau, "time", solver_name=solver, max_gap=0.0)
+            g, d = p.totals(sel, "time")
+            assert d <= tau * (1 + 1e-9)
+            assert g == pytest.approx(bg, rel=1e-7, abs=1e-9), (seed, frac)
+
+
+def test_ip_never_worse_than_baselines():
+    for seed in range(8):
+        p = random_problem(12, 8, seed=100 + seed)
+        for frac in (0.02, 0.1, 0.4, 0.9):
+            tau = max(frac * p.all_low_mse(), p.min_mse())
+            ip = solve(p, tau, "ip")
+            assert ip.feasible
+            for s in ("random", "prefix", "greedy", "pareto-greedy", "uniform-high", "uniform-low"):
+                b = solve(p, tau, s, seed=seed)
+                if b.feasible:
+                    assert ip.gain >= b.gain - 1e-4 * abs(b.gain) - 1e-12, (seed, frac, s, ip.gain, b.gain)
+            # the IP must strictly beat uniform-high whenever something fits
+            if tau >= p.totals(p.select_lowered([p.unit_order[0]]), "time")[1]:
+                assert ip.gain > 0
+
+
+def test_infeasible_tau_names_the_smallest_feasible_tau():
+    p = chain_problem([1.0, 2.0], [1e-3, 2e-3])
+    # make the all-high configuration cost something too: smallest feasible tau = 3e-5
+    for r in p.regions:
+        r.configs[0].mse = 1.5e-5
+    p._arrays.clear()
+    with pytest.raises(OnnxAmpError, match=r"smallest feasible tau is 3e-05"):
+        solve(p, 1e-5, "ip")
+    with pytest.raises(OnnxAmpError, match="smallest feasible tau"):
+        solve(p, 1e-5, "greedy")
+    assert solve(p, 3e-5, "ip").feasible
+
+
+def test_prefix_greedy_uniform_as_defined():
+    gains = [1.0, 1.0, 10.0, 1.0]
+    losses = [1.0, 1.0, 1.0, 5.0]
+    p = chain_problem(gains, losses)
+    tau = 2.5
+    pre = solve(p, tau, "prefix")
+    assert set(pre.plan["units"]) == {"U0", "U1"}  # first two fit, three do not
+    gr = solve(p, tau, "greedy")
+    # least loss per gain first: U2 (0.1), then U0 (1.0), U1 doesn't fit any more
+    assert set(gr.plan["units"]) == {"U2", "U0"}
+    assert gr.gain == pytest.approx(11.0)
+    ip = solve(p, tau, "ip")
+    assert ip.gain == pytest.approx(11.0)
+    hi, lo = solve(p, tau, "uniform-high"), solve(p, tau, "uniform-low")
+    assert hi.plan["units"] == {} and hi.feasible and hi.gain == 0
+    assert set(lo.plan["units"]) == {"U0", "U1", "U2", "U3"} and not lo.feasible
+    assert lo.predicted_mse == pytest.approx(8.0)
+    assert lo.plan["units"]["U3"] == {"weight": "fp8_e4m3", "activation": "fp8_e4m3"}
+    # greedy is not optimal in general: a knapsack counter-example
+    p2 = chain_problem([3.0, 2.0, 2.0], [3.0, 2.0, 2.0 + 1e-9])
+    assert solve(p2, 4.0, "ip").gain == pytest.approx(3.0)  # U1+U2 exceed 4.0 by 1e-9
+    assert solve(p2, 4.0000001, "ip").gain == pytest.approx(4.0)
+    assert solve(p2, 4.0000001, "greedy").gain == pytest.approx(3.0)
+
+
+def test_random_is_seeded_and_under_tau():
+    p = random_problem(10, 8, seed=3)
+    tau = 0.2 * p.all_low_mse()
+    a, b = solve(p, tau, "random", seed=5), solve(p, tau, "random", seed=5)
+    assert a.selection == b.selection and a.feasible
+    assert solve(p, tau, "random", seed=5, samples=1000).gain >= a.gain
+
+
+def test_pair_terms_change_the_solution():
+    p = chain_problem([1.0, 1.0, 0.9], [1.0, 1.0, 1.0])
+    tau = 2.0
+    plain = solve(p, tau, "ip")
+    assert set(plain.plan["units"]) == {"U0", "U1"}
+    pairs = {("U0", "U1"): 5.0, ("U1", "U2"): 0.0}
+    sol = solve(p, tau, "ip-pairs", pairs=pairs)
+    assert set(sol.plan["units"]) in ({"U0", "U2"}, {"U1", "U2"})
+    assert sol.predicted_mse <= tau and sol.gain == pytest.approx(1.9)
+    # pair terms from a measuring callback (neighbours only)
+    seen = []
+
+    def pair_measure(a, b):
+        seen.append((a, b))
+        return 5.0 if (a, b) == ("U0", "U1") else 0.0
+
+    sol2 = solve(p, tau, "ip-pairs", pair_measure=pair_measure)
+    assert seen == [("U0", "U1"), ("U1", "U2")]
+    assert sol2.selection == sol.selection
+    # a negative interaction (quantizing both cancels) lets more units in
+    sol3 = solve(p, tau, "ip-pairs", pairs={("U1", "U2"): -1.0})
+    assert set(sol3.plan["units"]) == {"U0", "U1", "U2"}
+
+
+def test_ip_pairs_optimal_vs_brute_force():
+    rng = np.random.default_rng(0)
+    for seed in range(5):
+        p = random_problem(3, 4, seed=200 + seed)
+        pairs = {pr: float(rng.uniform(-0.5, 2.0) * 1e-4) for pr in p.neighbour_pairs()}
+        tau = 0.4 * p.all_low_mse()
+        best = -math.inf
+        for sel in itertools.product(*[range(len(r.configs)) for r in p.regions]):
+            g, d = p.totals(sel, "time")
+            low = set().union(*[p.lowered(gi, ci) for gi, ci in enumerate(sel)])
+            d += sum(v for (a, b), v in pairs.items() if a in low and b in low)
+            if d <= tau:
+                best = max(best, g)
+        sel = solve_ip(p, tau, "time", pairs=pairs, max_gap=0.0)
+        assert p.totals(sel, "time")[0] == pytest.approx(best, rel=1e-7)
+
+
+def test_pareto_greedy_uses_measured_sensitivity():
+    p = chain_problem([1.0, 1.0, 1.0], [1.0, 1.0, 1.0])
+    # measured sensitivities disagree with the predicted ones: U2 is the safest
+    meas = {"U0": 3.0, "U1": 2.0, "U2": 0.1}
+    sol = solve(p, 1.0, "pareto-greedy", measure_unit=lambda u: meas[u])
+    assert set(sol.plan["units"]) == {"U2"}
+    sol = solve(p, 2.0, "pareto-greedy", measure_unit=lambda u: meas[u])
+    assert set(sol.plan["units"]) == {"U2", "U1"}
+
+
+def test_relative_tau_and_metrics():
+    p = random_problem(6, 8, seed=1)
+    t = relative_tau(p, 1.0)
+    assert t == pytest.approx(p.all_low_mse())
+    s = solve(p, t, "ip", "memory")
+    assert s.plan["predicted_gain"]["memory"] == pytest.approx(s.gain)
+    assert set(s.plan["predicted_gain"]) == {"time", "tt", "memory"}
+    with pytest.raises(OnnxAmpError, match="unknown metric"):
+        solve(p, t, "ip", "latency-ish")
+    with pytest.raises(OnnxAmpError, match="unknown strategy"):
+        solve(p, t, "simulated-annealing")
+    json.dumps(s.plan)  # plan is JSON-serializable
+
+
+def test_bisection_converges_on_monotone_evaluator():
+    p = random_problem(8, 8, seed=7)
+    calls = []
+
+    def evaluate(plan):  # "accuracy" decreasing in predicted MSE (monotone)
+        calls.append(plan["predicted_mse"])
+        return 0.9 - 40.0 * plan["predicted_mse"]
+
+    sol, hist = bisect_tau(p, evaluate, max_drop=0.01, steps=14)
+    acc = 0.9 - 40.0 * sol.predicted_mse
+    assert 0.9 - acc <= 0.01 + 1e-12
+    # converged: the threshold is 0.01/40 = 2.5e-4; the plan uses most of it
+    assert sol.predicted_mse <= 2.5e-4
+    assert sol.gain >= solve(p, 2.5e-4 * 0.95, "ip").gain - 1e-9
+    assert len(hist) >= 3 and any(not h.ok for h in hist) and any(h.ok for h in hist)
+    # relative drop and lower-is-better (perplexity)
+    sol2, _ = bisect_tau(p, lambda pl: 20.0 * (1 + 100.0 * pl["predicted_mse"]), max_drop=0.02, relative=True,
+                         higher_is_better=False, steps=14)
+    assert 20.0 * (1 + 100.0 * sol2.predicted_mse) <= 20.0 * 1.02 + 1e-9
+
+
+def test_pareto_sweep_and_plot(tmp_path):
+    p = random_problem(20, 8, seed=11)
+    pts = pareto_sweep(p, ("ip", "greedy", "prefix", "random", "uniform-low"), n=8)
+    ip = {pt.tau: pt.gain for pt in pts if pt.strategy == "ip"}
+    for pt in pts:
+        if pt.strategy in ("greedy", "prefix", "random") and pt.feasible:
+            assert ip[pt.tau] >= pt.gain - 1e-4 * abs(pt.gain) - 1e-12
+    assert len(tau_grid(p, 8)) == 8
+    chosen = solve(p, tau_grid(p, 8)[4], "ip")
+    out = tmp_path / "pareto.png"
+    measured = plot_pareto(pts, out, chosen=chosen, measure=lambda plan: plan["predicted_mse"] * 1.1, n_measured=2)
+    assert out.stat().st_size > 5000 and len(measured) >= 4
+    assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_all_strategies_run():
+    p = random_problem(5, 8, seed=2)
+    tau = 0.3 * p.all_low_mse()
+    for s in STRATEGIES:
+        kw = {"pairs": {}} if s == "ip-pairs" else {}
+        sol = solve(p, tau, s, **kw)
+        assert len(sol.selection) == 5 and sol.plan["strategy"] == s
