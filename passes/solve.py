@@ -381,55 +381,73 @@ def solve_ip(
     tscale = max((float(np.abs(T[c]).max()) for (T, _), c in zip(arrays, cand) if c), default=1.0) or 1.0
     dscale = tau if tau > 0 else (max(float(D[c].max()) for (_, D), c in zip(arrays, cand)) or 1.0)
 
-    m = mip.Model(sense=mip.MAXIMIZE, solver_name=solver_name)
-    m.verbose = 0
-    m.max_mip_gap = max_gap
-    m.max_mip_gap_abs = 1e-9
-    try:
-        m.threads = 1
-    except Exception:
-        pass
-    z: list[list[Any]] = []
-    kvars, kcoefs = [], []
-    for g, c in enumerate(cand):
-        T, D = arrays[g]
-        zs = [m.add_var(var_type=mip.BINARY, obj=float(T[i]) / tscale) for i in c]
-        z.append(zs)
-        m.add_constr(mip.LinExpr(zs, [1.0] * len(zs)) == 1)
-        for v, i in zip(zs, c):
-            if D[i]:
-                kvars.append(v)
-                kcoefs.append(float(D[i]) / dscale)
-    for (u1, u2), pen in pairs.items():
-        xs = []
-        for u in (u1, u2):
-            g = problem.unit_region[u]
-            vs = [v for v, i in zip(z[g], cand[g]) if tuple(problem.regions[g].configs[i].assign[u]) != tuple(problem.high)]
-            xs.append(mip.LinExpr(vs, [1.0] * len(vs)))
-        y = m.add_var(var_type=mip.BINARY)
-        m.add_constr(y >= xs[0] + xs[1] - 1)
-        m.add_constr(y <= xs[0])
-        m.add_constr(y <= xs[1])
-        kvars.append(y)
-        kcoefs.append(pen / dscale)
-    rhs = tau / dscale
-    if kvars:
-        m.add_constr(mip.LinExpr(kvars, kcoefs) <= rhs * (1 - 1e-9))
-    if start is not None:  # after every row is in: HiGHS drops a solution set before rows are added
-        m.start = [(z[g][cand[g].index(i)], 1.0) for g, i in enumerate(start)]
-    status = m.optimize(max_seconds=time_limit)
-    if status not in (mip.OptimizationStatus.OPTIMAL, mip.OptimizationStatus.FEASIBLE):
-        if status == mip.OptimizationStatus.INFEASIBLE:
-            lo = problem.min_mse() + min(0.0, sum(min(0.0, p) for p in pairs.values()))
-            raise OnnxAmpError(
-                f"tau={tau:.6g} is infeasible with the pair terms; the smallest feasible tau is at least {lo:.6g}"
-            )
-        raise OnnxAmpError(f"integer program ended with status {status.name} (solver {solver_name}, tau={tau:.6g})")
-    sel = []
-    for g, c in enumerate(cand):
-        vals = [v.x or 0.0 for v in z[g]]
-        sel.append(c[int(np.argmax(vals))])
-    return sel
+    def build_and_solve(shrink: float):
+        m = mip.Model(sense=mip.MAXIMIZE, solver_name=solver_name)
+        m.verbose = 0
+        m.max_mip_gap = max_gap
+        m.max_mip_gap_abs = 1e-9
+        try:
+            m.threads = 1
+        except Exception:
+            pass
+        z: list[list[Any]] = []
+        kvars, kcoefs = [], []
+        for g, c in enumerate(cand):
+            T, D = arrays[g]
+            zs = [m.add_var(var_type=mip.BINARY, obj=float(T[i]) / tscale) for i in c]
+            z.append(zs)
+            m.add_constr(mip.LinExpr(zs, [1.0] * len(zs)) == 1)
+            for v, i in zip(zs, c):
+                if D[i]:
+                    kvars.append(v)
+                    kcoefs.append(float(D[i]) / dscale)
+        for (u1, u2), pen in pairs.items():
+            xs = []
+            for u in (u1, u2):
+                g = problem.unit_region[u]
+                vs = [v for v, i in zip(z[g], cand[g]) if tuple(problem.regions[g].configs[i].assign[u]) != tuple(problem.high)]
+                xs.append(mip.LinExpr(vs, [1.0] * len(vs)))
+            y = m.add_var(var_type=mip.BINARY)
+            m.add_constr(y >= xs[0] + xs[1] - 1)
+            m.add_constr(y <= xs[0])
+            m.add_constr(y <= xs[1])
+            kvars.append(y)
+            kcoefs.append(pen / dscale)
+        rhs = tau / dscale
+        if kvars:
+            m.add_constr(mip.LinExpr(kvars, kcoefs) <= rhs * (1 - shrink))
+        if start is not None:  # after every row is in: HiGHS drops a solution set before rows are added
+            m.start = [(z[g][cand[g].index(i)], 1.0) for g, i in enumerate(start)]
+        status = m.optimize(max_seconds=time_limit)
+        if status not in (mip.OptimizationStatus.OPTIMAL, mip.OptimizationStatus.FEASIBLE):
+            if status == mip.OptimizationStatus.INFEASIBLE:
+                lo = problem.min_mse() + min(0.0, sum(min(0.0, p) for p in pairs.values()))
+                raise OnnxAmpError(
+                    f"tau={tau:.6g} is infeasible with the pair terms; the smallest feasible tau is at least {lo:.6g}"
+                )
+            raise OnnxAmpError(f"integer program ended with status {status.name} (solver {solver_name}, tau={tau:.6g})")
+        sel = []
+        for g, c in enumerate(cand):
+            vals = [v.x or 0.0 for v in z[g]]
+            sel.append(c[int(np.argmax(vals))])
+        return sel
+
+    def total_d(sel):
+        return problem.totals(sel, metric)[1] + pair_mse(problem, sel, pairs)
+
+    # solver feasibility tolerances (~1e-6 relative) can admit a plan a hair over tau: tighten and
+    # re-solve until the plan meets tau exactly; the warm start is always feasible as a last resort
+    shrink = 1e-9
+    for _ in range(4):
+        sel = build_and_solve(shrink)
+        over = total_d(sel) - tau
+        if over <= 0:
+            return sel
+        shrink += over / max(tau, 1e-300) + 1e-7
+        log.debug("IP plan exceeds tau by %.3g (solver tolerance); re-solving with rhs shrunk by %.3g", over, shrink)
+    if start is not None and total_d(start) <= tau:
+        return start
+    raise OnnxAmpError(f"integer program could not meet tau={tau:.6g} within solver tolerances; raise tau slightly")
 
 
 def pair_mse(problem: Problem, selection: Sequence[int], pairs: dict[tuple[str, str], float] | None) -> float:
