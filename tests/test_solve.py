@@ -220,3 +220,83 @@ def test_all_strategies_run():
         kw = {"pairs": {}} if s == "ip-pairs" else {}
         sol = solve(p, tau, s, **kw)
         assert len(sol.selection) == 5 and sol.plan["strategy"] == s
+
+
+# --------------------------------------------------------------------------------------------
+# real annotated model: MiniLM-sentiment partitioned + calibrated (torch autograd) + gaudi2 roofline
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def minilm_annotated(minilm_onnx, tmp_path_factory):
+    from onnx_amp.passes.gains import GainsPass
+    from onnx_amp.passes.partition import PartitionPass
+    from onnx_amp.passes.sensitivity import AnnotateSensitivityPass
+    from onnx_amp.runtime.calibrate import calibrate
+    from onnx_amp.runtime.onnx_io import load_model, save_model
+    from onnx_amp.runtime.subjects import minilm_batch
+
+    m = load_model(minilm_onnx)
+    PartitionPass()(m)
+    data = minilm_batch(8, "calib", max_len=32)
+    AnnotateSensitivityPass(calibrate(m, data, batch_size=8, progress=False))(m)
+    GainsPass("gaudi2", batch_size=8, seq_len=128)(m)
+    path = tmp_path_factory.mktemp("solve") / "minilm.annotated.onnx"
+    save_model(m, path)
+    return path
+
+
+@pytest.mark.slow
+def test_solve_pass_on_real_minilm(minilm_annotated):
+    from onnx_amp.passes import annotations as A
+    from onnx_amp.passes.solve import SolvePass, problem_from_model
+    from onnx_amp.runtime.lossmodel import plan_predicted_mse
+    from onnx_amp.runtime.onnx_io import load_model
+
+    m = load_model(minilm_annotated)
+    prob = problem_from_model(m)
+    assert prob.high == ("bf16", "bf16") and len(prob.unit_order) >= 30
+    assert all(prob.low[u] == ("fp8_e4m3", "fp8_e4m3") for u in prob.unit_order)
+    tau = relative_tau(prob, 0.1)
+    for metric in ("memory", "tt"):
+        ip = solve(prob, tau, "ip", metric)
+        assert ip.feasible
+        for s in ("greedy", "prefix", "random", "pareto-greedy"):
+            b = solve(prob, tau, s, metric)
+            assert ip.gain >= b.gain - 1e-4 * abs(b.gain) - 1e-15, (metric, s)
+    sp = SolvePass("ip", tau_relative=0.1, metric="memory")
+    sp(m)
+    sol = sp.solution
+    assert sol.gain > 0 and 0 < len(sol.plan["units"]) < len(prob.unit_order)
+    # D from the calibration engineer's loss model agrees with the solver's bookkeeping
+    assert plan_predicted_mse(m, sol.plan["units"], default=prob.high) == pytest.approx(sol.predicted_mse, rel=1e-9)
+    assert A.get_json(m, A.PLAN)["units"] == sol.plan["units"]
+    lowered = {u for u in sol.plan["units"]}
+    for node in A.layer_nodes(m.graph):
+        w, a = A.parse_precision(node.metadata_props[A.PRECISION])
+        want = ("fp8_e4m3", "fp8_e4m3") if node.metadata_props[A.UNIT] in lowered else ("bf16", "bf16")
+        assert (w, a) == want
+        assert any(k.startswith("pkg.torch.onnx") for k in node.metadata_props)  # exporter metadata survives
+
+
+@pytest.mark.slow
+def test_cli_solve_on_real_minilm(minilm_annotated, tmp_path, capsys):
+    from onnx_amp.passes import annotations as A
+    from onnx_amp.runtime.onnx_io import load_model
+    from onnx_amp.tools.cli import main
+
+    before = minilm_annotated.read_bytes()
+    out = tmp_path / "out.onnx"
+    rc = main(["solve", str(minilm_annotated), "--strategy", "ip", "--metric", "memory", "--tau_relative", "0.05",
+               "-o", str(out), "--pareto", str(tmp_path / "p.png")])
+    assert rc == 0
+    assert minilm_annotated.read_bytes() == before
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["strategy"] == "ip" and plan["units"] and plan["predicted_mse"] <= plan["tau"]
+    assert A.get_json(load_model(out), A.PLAN)["units"] == plan["units"]
+    assert (tmp_path / "p.png").stat().st_size > 5000
+    # infeasible tau: clean one-line error naming the smallest feasible tau, no outputs left
+    out2 = tmp_path / "bad.onnx"
+    rc = main(["solve", str(minilm_annotated), "--tau", "1e-30", "-o", str(out2)])
+    err = capsys.readouterr().err
+    assert rc != 0 and "smallest feasible tau" in err and not out2.exists()
