@@ -18,6 +18,12 @@ Rules (METHOD.md section 2, issue 2):
 * **Main node**: not static, not constant, and either a layer or a consumer of a main node.
   (Ancestry is followed through main nodes only: a path through ``Shape`` carries no data.)
   Only main->main edges count. Every other node is a *side* node.
+* **Primary stream** (ours): the side computation feeding the activation operand of the first
+  layers (token embedding Gather, first norm; or a graph input read directly) is promoted to main,
+  with a source edge, so the first block keeps its residual edge like every later block (without
+  it, layer 0's attention would split after its attention core). A value whose main consumers lie
+  in more than two regions (of the partition without promotion) is a broadcast side input
+  (mask-like) and stops the promotion.
 * **Cut points**: virtual source -> main nodes without main predecessors, main nodes without main
   successors -> virtual sink (a graph output that is also consumed by a main node adds no sink
   edge). In a topological order of the main nodes, ``v`` is a cut point iff no edge jumps over
@@ -292,9 +298,13 @@ def _partition(model: ir.Model, source: str | None) -> Partition:
     for i, ins in enumerate(inputs_of):
         if None in ins:
             inputs_of[i] = tuple(v for v in ins if v is not None)
+    captured_by: dict[ir.Value, list[int]] = {}  # outer-scope values read inside subgraphs
     for i, n in enumerate(nodes):
         if n.op_type in GRAPH_ATTR_OPS or (n.domain not in ("", "ai.onnx") and _has_subgraph(n)):
-            inputs_of[i] = tuple(inputs_of[i]) + tuple(_captured_values(n, graph))
+            cap = _captured_values(n, graph)
+            inputs_of[i] = tuple(inputs_of[i]) + tuple(cap)
+            for v in cap:
+                captured_by.setdefault(v, []).append(i)
     preds: list[list[int]] = [[j for j in map(get_prod, ins) if j is not None] for ins in inputs_of]
 
     # topological order (graph order when already sorted, else Kahn's algorithm, stable)
@@ -467,6 +477,9 @@ def _partition(model: ir.Model, source: str | None) -> Partition:
             j = index.get(use.node)
             if j is not None and main[j]:
                 regs.add(region_idx[j])
+        for j in captured_by.get(v, ()):
+            if main[j]:
+                regs.add(region_idx[j])
         return regs
 
     promoted = [False] * n_nodes
@@ -511,10 +524,9 @@ def _partition(model: ir.Model, source: str | None) -> Partition:
 
     # successors (all nodes) for side attachment: first consumer in topological order
     first_consumer = [-1] * n_nodes
-    for i in range(n_nodes):
+    for i in topo:
         for j in preds[i]:
-            fc = first_consumer[j]
-            if fc == -1 or tpos[i] < tpos[fc]:
+            if first_consumer[j] == -1:
                 first_consumer[j] = i
     side_order = [i for i in topo if not main[i]]
     for i in reversed(side_order):
@@ -523,6 +535,7 @@ def _partition(model: ir.Model, source: str | None) -> Partition:
 
     # names
     names, renamed = _unique_names(nodes)
+    rid_names = [f"r{r}" for r in range(n_regions)]
 
     # layers and units
     layers: dict[str, Layer] = {}
@@ -539,7 +552,7 @@ def _partition(model: ir.Model, source: str | None) -> Partition:
                 name=names[n],
                 op=n.op_type,
                 kind=lk,
-                region=f"r{region_idx[i]}",
+                region=rid_names[region_idx[i]],
                 module=n.metadata_props.get(ann.MODULE),
                 weight_input=w_index,
                 weight_axis=_weight_axis(n, w_index) if w_index is not None else None,
@@ -561,12 +574,12 @@ def _partition(model: ir.Model, source: str | None) -> Partition:
     region_nodes: list[list[ir.Node]] = [[] for _ in range(n_regions)]
     for i in topo:
         region_nodes[region_idx[i]].append(nodes[i])
-    consumers_main: dict[ir.Value, bool] = {}
-    for i in main_order:
-        for v in inputs_of[i]:
-            j = get_prod(v)
+    def has_main_use(v: ir.Value) -> bool:
+        for use in v.uses():
+            j = index.get(use.node)
             if j is not None and main[j]:
-                consumers_main[v] = True
+                return True
+        return any(main[j] for j in captured_by.get(v, ()))
     graph_outputs = set(graph.outputs)
 
     def dedup(vals):
@@ -577,7 +590,6 @@ def _partition(model: ir.Model, source: str | None) -> Partition:
                 out.append(v)
         return out
 
-    rid_names = [f"r{r}" for r in range(n_regions)]
     regions: list[Region] = []
     for r, (st, en, closed) in enumerate(merged):
         if st == 0:
@@ -593,10 +605,10 @@ def _partition(model: ir.Model, source: str | None) -> Partition:
             entry = dedup(entry)
         else:
             cut = nodes[main_order[st - 1]]
-            entry = [o for o in cut.outputs if o in consumers_main]
+            entry = [o for o in cut.outputs if has_main_use(o)]
         if closed and en < m:
             cut = nodes[main_order[en - 1]]
-            exit_ = [o for o in cut.outputs if o in consumers_main or o in graph_outputs]
+            exit_ = [o for o in cut.outputs if o in graph_outputs or has_main_use(o)]
         else:
             ends = [nodes[main_order[p - 1]] for p in range(st + 1, en + 1) if not has_main_succ[main_order[p - 1]]]
             outs = [o for e in ends for o in e.outputs]
@@ -608,7 +620,7 @@ def _partition(model: ir.Model, source: str | None) -> Partition:
             ru.setdefault(layers[lid].unit, []).append(lid)
         regions.append(
             Region(
-                id=f"r{r}",
+                id=rid_names[r],
                 entry=entry,
                 exit=exit_,
                 nodes=region_nodes[r],
@@ -634,12 +646,24 @@ def _partition(model: ir.Model, source: str | None) -> Partition:
 
 def annotate(model: ir.Model, part: Partition) -> None:
     """Write ``part`` into the model's metadata (nodes renamed where needed)."""
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # see partition(): creating 1 metadata dict per node triggers full GC scans
+    try:
+        _annotate(model, part)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _annotate(model: ir.Model, part: Partition) -> None:
     for n, new in part.renamed.items():
         n.name = new
+    keys = _PARTITION_NODE_KEYS
     for n, r in part.region_of.items():
         props = n.metadata_props
-        for k in _PARTITION_NODE_KEYS:
-            props.pop(k, None)
+        if len(props) and any(k in props for k in keys):  # stale keys from an earlier run
+            for k in keys:
+                props.pop(k, None)
         props[ann.REGION] = r
     for lid, L in part.layers.items():
         props = L.node.metadata_props

@@ -425,15 +425,18 @@ def test_extract_region_runs_alone():
 
 
 def test_linear_time_smoke():
-    small = synthetic_transformer(2_000, seed=1)
+    """CPU time (the 2-core box is shared, wall time is noisy): 40k nodes well under 2 s, ~linear."""
+    small = synthetic_transformer(4_000, seed=1)
     big = synthetic_transformer(40_000, seed=1)
     partition(small)
-    t0 = time.perf_counter()
-    partition(small)
-    t_small = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    p = partition(big)
-    t_big = time.perf_counter() - t0
-    assert len(p.regions) > 100
-    assert t_big < 2.0, t_big
-    assert t_big / t_small < 20 * 4, (t_small, t_big)  # 20x nodes; generous for a shared 2-core box
+    t_small = t_big = float("inf")
+    for _ in range(2):
+        c0 = time.process_time()
+        partition(small)
+        t_small = min(t_small, time.process_time() - c0)
+        c0 = time.process_time()
+        p = partition(big)
+        t_big = min(t_big, time.process_time() - c0)
+    assert len(p.regions) > 2000 and len(big.graph) >= 40_000
+    assert t_big < 1.0, t_big  # 100k-node budget is 2 s
+    assert t_big / t_small < 10 * 2.0, (t_small, t_big)  # 10x the nodes: not quadratic
