@@ -289,7 +289,7 @@ def calibrate(model: ir.Model, data: Any, loss: Any = None, batch_size: int = 8,
             if L.shape[0] != B:
                 raise OnnxAmpError(f"loss {spec.name} returned {L.shape[0]} values for a batch of {B} samples")
             if not torch.isfinite(L).all():
-                bad = [i for i in range(B) if not math.isfinite(float(L[i]))]
+                bad = [i for i in range(B) if not math.isfinite(float(L[i].detach()))]
                 raise OnnxAmpError(
                     f"calibration batch {bi} (samples {n_seen}..{n_seen + B - 1}): loss is NaN/Inf for sample(s) "
                     f"{[n_seen + i for i in bad][:8]}; check the data (e.g. padding-only rows, out-of-vocabulary ids) and the model"
