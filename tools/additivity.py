@@ -1,0 +1,207 @@
+"""Additivity check: do measured time gains add up across sequential regions (and across units)?
+
+For each model (SmolLM2-135M, EfficientNet-Lite0 by default; the cached exports) on the ``cpu``
+target (FP32 vs INT8, ONNX Runtime on this CPU):
+
+1. partition, then measure every region configuration (``runtime.profile.profile_model``);
+2. draw random plans (each unit INT8 with a per-plan probability drawn from U(0.1, 0.9));
+3. predicted end-to-end gain from **region sums**: sum over regions of the measured gain of the
+   region configuration the plan induces; from **per-unit sums**: sum over lowered units of the
+   measured gain of lowering that unit alone (its single-unit configuration);
+4. measured end-to-end gain: the whole model rewritten with the plan (same lowering as the
+   profile) timed against the FP32 model in paired rounds (median of per-round differences).
+
+Writes ``additivity.json`` (figures: mean absolute relative error of each predictor vs measured,
+also as % of the FP32 model time) and ``additivity.png`` (predicted vs measured, y = x) to
+``--out``. Typical run (about 10 minutes on 2 cores):
+
+    python -m onnx_amp.tools.additivity --plans 20 --seq_len 64 --repeats 7 --out /work/scratch/gains/additivity
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_MODELS = {
+    "smollm2": "/work/cache/smollm2/model.onnx",
+    "effnet": "/work/cache/effnet/model.onnx",
+}
+
+
+def _units_by_region(model) -> dict[str, list[str]]:
+    from onnx_amp.passes import annotations as ann
+    from onnx_amp.passes.gains import region_units
+
+    return {r["id"]: region_units(r) for r in ann.get_json(model, ann.REGIONS)["regions"]}
+
+
+def random_plans(units: list[str], n: int, seed: int) -> list[set[str]]:
+    rng = random.Random(seed)
+    plans = []
+    for _ in range(n):
+        p = rng.uniform(0.1, 0.9)
+        plans.append({u for u in units if rng.random() < p} or {rng.choice(units)})
+    return plans
+
+
+def predict(plan_low: set[str], by_region: dict[str, list[str]], measured: dict, low=("int8", "int8"),
+            high=("fp32", "fp32")) -> tuple[float, float, bool]:
+    """(region-sum prediction, per-unit-sum prediction, every region config was in the table)."""
+    from onnx_amp.passes.gains import config_key
+
+    region_sum, unit_sum, complete = 0.0, 0.0, True
+    for rid, units in by_region.items():
+        if not units:
+            continue
+        tab = measured[rid]
+        cfg = {u: (low if u in plan_low else high) for u in units}
+        row = tab.get(config_key(cfg, units))
+        if row is None:
+            complete = False  # capped region: this configuration was not measured
+        else:
+            region_sum += row["time_gain_s"]
+        for u in units:
+            if u in plan_low:
+                single = {v: (low if v == u else high) for v in units}
+                unit_sum += tab[config_key(single, units)]["time_gain_s"]
+    return region_sum, unit_sum, complete
+
+
+def lower_full(model, plan_low: set[str], target):
+    """The whole model with ``plan_low`` units in INT8 (same lowering as the profile)."""
+    from onnx_amp.passes.plan import ApplyPlanPass, Plan
+    from onnx_amp.runtime.profile import _rewrite
+
+    plan = Plan(target=target.name, strategy="random", units={u: ("int8", "int8") for u in plan_low})
+    m = model.clone()
+    ApplyPlanPass(plan, target=target)(m)
+    return _rewrite(m)
+
+
+def run_model(name: str, path: str, args, target) -> dict:
+    from onnx_amp.passes.partition import PartitionPass
+    from onnx_amp.runtime.onnx_io import load_model
+    from onnx_amp.runtime.profile import (
+        annotate_amax_from_run, fold_weight_constants, make_ort_session, profile_model, run_with_values,
+        sample_feeds, time_paired,
+    )
+    from onnx_amp.passes import annotations as ann
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    model = load_model(path)
+    PartitionPass()(model)
+    feeds = sample_feeds(model, args.batch_size, args.seq_len, seed=args.seed)
+    prof = profile_model(model, target, feeds=feeds, batch_size=args.batch_size, seq_len=args.seq_len,
+                         repeats=args.repeats, warmup=2, progress=True, seed=args.seed)
+    print(f"[{name}] {prof.summary()}")
+    # amax for the whole model from one run (the profile did the same per region)
+    names = [v.name for n in model.graph if ann.get_str(n, ann.LAYER)
+             for v in list(n.inputs[:2]) + [n.outputs[0]] if v is not None]
+    annotate_amax_from_run(model, run_with_values(model, feeds, names))
+    fold_weight_constants(model)
+    by_region = _units_by_region(model)
+    all_units = [u for us in by_region.values() for u in us]
+    plans = random_plans(all_units, args.plans, args.seed)
+    base = make_ort_session(model.clone())
+    in_names = {i.name for i in base.get_inputs()}
+    f = {k: v for k, v in feeds.items() if k in in_names}
+    rows = []
+    base_times = []
+    for i, low in enumerate(tqdm(plans, desc=f"{name} plans")):
+        pr, pu, complete = predict(low, by_region, prof.measured)
+        sess = make_ort_session(lower_full(model, low, target))
+        tm = time_paired([lambda: base.run(None, f), lambda s=sess: s.run(None, f)], warmup=2,
+                         repeats=args.repeats, seed=args.seed + i)
+        s = tm.summary(1)
+        base_times.append(statistics.median(tm.times[0]))
+        rows.append({"plan": i, "units_low": len(low), "units": len(all_units), "pred_region_s": pr,
+                     "pred_unit_s": pu, "measured_s": s["time_gain_s"], "measured_iqr": s["gain_iqr"],
+                     "measured_noisy": s["noisy"], "complete": complete})
+        del sess
+    base_t = statistics.median(base_times)
+    region_base = sum(tab[next(iter(tab))]["time_s"] for tab in prof.measured.values())
+
+    def mare(key):
+        errs = [abs(r[key] - r["measured_s"]) / abs(r["measured_s"]) for r in rows if abs(r["measured_s"]) > 0]
+        return float(np.mean(errs)) if errs else float("nan")
+
+    def err_pct_of_base(key):
+        return float(np.mean([abs(r[key] - r["measured_s"]) for r in rows]) / base_t * 100)
+
+    return {
+        "model": name, "path": path, "batch_size": args.batch_size, "seq_len": args.seq_len,
+        "regions": prof.n_regions, "distinct_structures": prof.n_unique, "units": len(all_units),
+        "fp32_model_time_s": base_t, "sum_of_fp32_region_times_s": region_base,
+        "mare_region_sum": mare("pred_region_s"), "mare_unit_sum": mare("pred_unit_s"),
+        "abs_err_pct_of_fp32_time_region_sum": err_pct_of_base("pred_region_s"),
+        "abs_err_pct_of_fp32_time_unit_sum": err_pct_of_base("pred_unit_s"),
+        "noisy_plans": sum(r["measured_noisy"] for r in rows),
+        "seconds": time.perf_counter() - t0, "plans": rows,
+    }
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 4.6), squeeze=False)
+    for ax, res in zip(axes[0], results):
+        meas = np.array([r["measured_s"] for r in res["plans"]]) * 1e3
+        iqr = np.array([r["measured_iqr"] for r in res["plans"]]) * 1e3
+        for key, mk, lab in (("pred_region_s", "o", "region sums"), ("pred_unit_s", "x", "per-unit sums")):
+            pred = np.array([r[key] for r in res["plans"]]) * 1e3
+            m = res["mare_region_sum" if key == "pred_region_s" else "mare_unit_sum"]
+            ax.errorbar(meas, pred, xerr=[meas - iqr[:, 0], iqr[:, 1] - meas] if len(iqr) else None,
+                        fmt=mk, alpha=0.75, capsize=2, label=f"{lab} (MARE {m * 100:.1f}%)")
+        lo = min(0.0, float(np.min(meas)) if len(meas) else 0.0)
+        hi = max(float(np.max(meas)) if len(meas) else 1.0,
+                 max(max(r["pred_region_s"], r["pred_unit_s"]) for r in res["plans"]) * 1e3)
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
+        ax.set_xlabel("measured end-to-end gain (ms), IQR bars")
+        ax.set_ylabel("predicted gain (ms)")
+        ax.set_title(f"{res['model']}: {res['regions']} regions, FP32 {res['fp32_model_time_s'] * 1e3:.1f} ms")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> int:
+    from onnx_amp.runtime.targets import load_target
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="names (smollm2, effnet) or name=path")
+    ap.add_argument("--plans", type=int, default=20)
+    ap.add_argument("--batch_size", type=int, default=1)
+    ap.add_argument("--seq_len", type=int, default=64, help="sequence length for the language model")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="/work/scratch/gains/additivity")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    target = load_target("cpu")
+    results = []
+    for spec in args.models:
+        name, _, path = spec.partition("=")
+        path = path or DEFAULT_MODELS[name]
+        res = run_model(name, path, args, target)
+        results.append(res)
+        print(json.dumps({k: v for k, v in res.items() if k != "plans"}, indent=1))
+        (out / "additivity.json").write_text(json.dumps({"command": vars(args), "results": results}, indent=1) + "\n")
+        plot(results, out / "additivity.png")
+    print(f"wrote {out / 'additivity.json'} and {out / 'additivity.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
