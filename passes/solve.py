@@ -372,6 +372,11 @@ def solve_ip(
         cand = [_pareto_filter(T, D) for T, D in arrays]
     else:
         cand = [list(range(len(T))) for T, _ in arrays]
+    # exact: a configuration whose extra loss over its region's minimum exceeds the slack can never fit
+    # (also keeps coefficients D/tau bounded, which HiGHS needs: it rejects |a| >= 1e15)
+    slack = tau - problem.min_mse() - sum(p for p in pairs.values() if p < 0)
+    cand = [[i for i in c if D[i] - D.min() <= slack * (1 + 1e-9) + 1e-300] or [int(np.argmin(D))]
+            for (T, D), c in zip(arrays, cand)]
     if not pairs:
         # trivial case: every region's best-gain candidate fits
         best = [max(c, key=lambda i: (T[i], -D[i])) for (T, D), c in zip(arrays, cand)]
@@ -771,7 +776,11 @@ class ParetoPoint:
 
 
 def tau_grid(problem: Problem, n: int = 25) -> list[float]:
-    lo = max(problem.min_mse(), 1e-30)
+    """Log-spaced taus from where the first unit fits (least-loss plan + the smallest single-unit
+    increase) to just above the all-low plan."""
+    base = problem.min_mse()
+    deltas = [d for d in (problem.unit_delta(u, "time")[1] for u in problem.unit_order) if d > 0]
+    lo = max(base + (min(deltas) if deltas else 0.0), 1e-30)
     hi = max(problem.all_low_mse(), lo * 10)
     return [float(x) for x in np.geomspace(lo * (1 + 1e-9), hi * 1.05, n)]
 

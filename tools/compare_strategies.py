@@ -1,0 +1,353 @@
+"""Compare plan-selection strategies on real models (issue 5, item 5).
+
+For each subject (SmolLM2-135M, MiniLM-sentiment) and target (``cpu``: {FP32, INT8} with gains
+*measured* by ONNX Runtime on this CPU; ``gaudi2``: {BF16, FP8-E4M3} with *roofline* gains):
+
+1. partition, calibrate (torch autograd, Taylor sensitivities), gain tables (measured / roofline);
+2. every strategy (ip, greedy, prefix, random, pareto-greedy, uniform-*) swept over a log-spaced tau
+   grid; each distinct plan is rewritten (emulate form) and run in ONNX Runtime on held-out data:
+   measured loss MSE against the FP32 model and the task metric (perplexity / accuracy);
+3. at equal *measured* loss MSE (the budgets are the IP plans' measured MSEs), the best gain each
+   strategy reaches with a plan under that budget; the task metric of the plans chosen at the middle
+   budget; with ``--e2e`` (cpu) the end-to-end time of those plans measured by ORT;
+4. ``results.md`` (tables), ``results.json`` and one Pareto PNG per subject/target.
+
+    python -m onnx_amp.tools.compare_strategies --out /tmp/cmp --small        # minutes, for development
+    python -m onnx_amp.tools.compare_strategies --out /tmp/cmp                # the full run (~15 min, 2 cores)
+
+``pareto-greedy`` measures each unit's sensitivity (loss MSE with only that unit lowered) with real
+ORT runs when ``--measure_units`` is given (AIMET's way), else uses the predicted one. ``ip-pairs``
+(``--pairs``) measures neighbouring-unit pair terms the same way (costly: 2 x units evaluations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+log = logging.getLogger("onnx_amp.compare")
+
+DEFAULT_STRATEGIES = ("ip", "greedy", "prefix", "random", "pareto-greedy", "uniform-low")
+
+
+# --------------------------------------------------------------------------------------------
+# model preparation
+# --------------------------------------------------------------------------------------------
+
+
+def prepare(subject: str, target: str, n_calib: int, seq_len: int, workdir: Path, profile_repeats: int = 5):
+    """Partitioned + calibrated + profiled model (cached as ONNX in ``workdir``)."""
+    import onnx_ir as ir  # noqa: F401
+
+    from onnx_amp.passes.gains import GainsPass
+    from onnx_amp.passes.partition import PartitionPass
+    from onnx_amp.passes.sensitivity import AnnotateSensitivityPass
+    from onnx_amp.runtime.calibrate import calibrate
+    from onnx_amp.runtime.export import ensure_subject_onnx
+    from onnx_amp.runtime.onnx_io import load_model, save_model
+    from onnx_amp.runtime.subjects import subject_batch
+
+    tag = f"{subject}.{target}.c{n_calib}.s{seq_len}"
+    cached = workdir / f"{tag}.annotated.onnx"
+    if cached.exists():
+        return load_model(cached), load_model(ensure_subject_onnx(subject))
+    src = ensure_subject_onnx(subject)
+    ref = load_model(src)
+    calibrated = workdir / f"{subject}.c{n_calib}.s{seq_len}.calibrated.onnx"
+    if calibrated.exists():
+        m = load_model(calibrated)
+    else:
+        m = load_model(src)
+        PartitionPass()(m)
+        kw = {"seq_len": seq_len} if subject == "smollm2" else {"max_len": seq_len}
+        data = subject_batch(subject, n_calib, "calib", seed=0, **kw)
+        t0 = time.perf_counter()
+        AnnotateSensitivityPass(calibrate(m, data, batch_size=min(8, n_calib), progress=True))(m)
+        log.info("%s: calibrated on %d samples in %.1fs", subject, n_calib, time.perf_counter() - t0)
+        save_model(m, calibrated)
+        m = load_model(calibrated)
+    measured = None
+    if target == "cpu":
+        from onnx_amp.runtime.profile import profile_model
+
+        t0 = time.perf_counter()
+        res = profile_model(m, "cpu", batch_size=1, seq_len=seq_len, repeats=profile_repeats, progress=True)
+        measured = res.measured
+        log.info("%s: profiled (%s) in %.1fs", subject, res.summary(), time.perf_counter() - t0)
+    GainsPass(target, measured=measured, batch_size=1, seq_len=seq_len)(m)
+    save_model(m, cached)
+    return load_model(cached), ref
+
+
+class PlanEvaluator:
+    """Rewrites a plan (emulate form) and runs it in ORT on held-out data; caches by plan."""
+
+    def __init__(self, subject: str, annotated, reference, batch: dict, batch_size: int = 8):
+        from onnx_amp.runtime.ort_session import make_session
+
+        self.subject, self.model, self.batch_size = subject, annotated, batch_size
+        n = len(batch["labels"])
+        self.batches = [{k: v[i:i + batch_size] for k, v in batch.items()} for i in range(0, n, batch_size)]
+        self.ref_losses, ref_out = self._run(make_session(reference))
+        self.ref_metric = self._metric(self.ref_losses, ref_out)
+        self.cache: dict[str, dict] = {}
+        self.n_runs = 0
+        self.seconds = 0.0
+
+    def _run(self, sess):
+        import torch
+
+        from onnx_amp.runtime.ort_session import run
+        from onnx_amp.runtime.subjects import per_sample_loss
+
+        out_name = sess.get_outputs()[0].name
+        losses, correct = [], []
+        for b in self.batches:
+            logits = run(sess, b, [out_name])[out_name]
+            losses.append(per_sample_loss(self.subject, torch.from_numpy(np.asarray(logits)), torch.from_numpy(b["labels"])).double().numpy())
+            if self.subject != "smollm2":
+                correct.append(np.asarray(logits).argmax(-1) == b["labels"])
+        return np.concatenate(losses), (np.concatenate(correct) if correct else None)
+
+    def _metric(self, losses, correct) -> float:
+        if self.subject == "smollm2":
+            return float(math.exp(losses.mean()))  # perplexity (equal-length windows)
+        return float(correct.mean())  # accuracy
+
+    @property
+    def metric_name(self) -> str:
+        return "perplexity" if self.subject == "smollm2" else "accuracy"
+
+    def evaluate(self, units: dict) -> dict:
+        """{measured_mse, metric} of a plan given as its ``units`` mapping."""
+        key = json.dumps(units, sort_keys=True)
+        if key in self.cache:
+            return self.cache[key]
+        from onnx_amp.passes.plan import ApplyPlanPass, Plan
+        from onnx_amp.passes.rewrite import RewritePass
+        from onnx_amp.runtime.ort_session import make_session
+
+        t0 = time.perf_counter()
+        ApplyPlanPass(Plan.from_json({"version": 1, "units": units}), target=self.target, validate=False)(self.model)
+        rewritten = RewritePass("emulate")(self.model).model
+        losses, correct = self._run(make_session(rewritten))
+        r = {"measured_mse": float(np.mean((losses - self.ref_losses) ** 2)), "metric": self._metric(losses, correct)}
+        self.cache[key] = r
+        self.n_runs += 1
+        self.seconds += time.perf_counter() - t0
+        return r
+
+    target = None
+
+
+# --------------------------------------------------------------------------------------------
+# one subject x target
+# --------------------------------------------------------------------------------------------
+
+
+def compare_one(subject: str, target: str, args, workdir: Path) -> dict:
+    from onnx_amp.passes.solve import measure_pairs, problem_from_model, solve, tau_grid
+    from onnx_amp.runtime.subjects import subject_batch
+
+    t_start = time.perf_counter()
+    seq_len = args.seq_len if subject == "smollm2" else args.max_len
+    model, ref = prepare(subject, target, args.n_calib, seq_len, workdir, args.profile_repeats)
+    prob = problem_from_model(model)
+    kw = {"seq_len": seq_len} if subject == "smollm2" else {"max_len": seq_len}
+    ev = PlanEvaluator(subject, model, ref, subject_batch(subject, args.n_eval, "eval", seed=1, **kw))
+    ev.target = target
+    metric = "time"  # measured for cpu (profile), roofline for gaudi2 (gains falls back to tt)
+    log.info("%s/%s: %d regions, %d units; reference %s %.4f", subject, target, prob.n_regions,
+             len(prob.unit_order), ev.metric_name, ev.ref_metric)
+
+    def unit_measured(u):
+        return ev.evaluate(solve(prob, math.inf, "uniform-high", metric).plan["units"] | {u: dict(zip(("weight", "activation"), prob.low[u]))})["measured_mse"]
+
+    solve_kw = {}
+    if args.measure_units:
+        solve_kw["measure_unit"] = unit_measured
+    pairs = None
+    strategies = list(args.strategies)
+    if args.pairs:
+        def pair_measure(a, b):
+            lo = {u: dict(zip(("weight", "activation"), prob.low[u])) for u in (a, b)}
+            both = ev.evaluate(lo)["measured_mse"]
+            return both - unit_measured(a) - unit_measured(b) + ev.evaluate({})["measured_mse"]
+
+        pairs = measure_pairs(prob, pair_measure)
+        strategies.append("ip-pairs")
+
+    taus = tau_grid(prob, args.n_tau)
+    rows = []
+    for s in strategies:
+        grid = [taus[-1]] if s.startswith("uniform") else taus
+        for t in grid:
+            sol = solve(prob, t, s, metric, pairs=pairs if s == "ip-pairs" else None, samples=args.samples, **(
+                solve_kw if s == "pareto-greedy" else {}))
+            m = ev.evaluate(sol.plan["units"])
+            rows.append({"strategy": s, "tau": t, "gain": sol.gain, "predicted_mse": sol.predicted_mse,
+                         "measured_mse": m["measured_mse"], "metric": m["metric"], "n_low": len(sol.plan["units"]),
+                         "units": sol.plan["units"], "feasible": sol.feasible})
+        log.info("%s/%s: %s done (%d ORT evaluations so far, %.0fs)", subject, target, s, ev.n_runs, ev.seconds)
+    hi = solve(prob, math.inf, "uniform-high", metric)
+    rows.append({"strategy": "uniform-high", "tau": math.inf, "gain": hi.gain, "predicted_mse": hi.predicted_mse,
+                 **ev.evaluate(hi.plan["units"]), "n_low": 0, "units": {}, "feasible": True})
+
+    # equal measured loss MSE: budgets = measured MSE of the IP plans (distinct, > 0)
+    ip_m = sorted({r["measured_mse"] for r in rows if r["strategy"] == "ip" and r["n_low"] > 0})
+    budgets = ip_m if len(ip_m) <= 4 else [ip_m[i] for i in np.unique(np.linspace(0, len(ip_m) - 1, 4).round().astype(int))]
+    names = list(dict.fromkeys(r["strategy"] for r in rows))
+
+    def best_under(s, b):
+        c = [r for r in rows if r["strategy"] == s and r["measured_mse"] <= b * (1 + 1e-9)]
+        return max(c, key=lambda r: (r["gain"], -r["measured_mse"])) if c else None
+
+    table = [{"budget": b, **{s: (best_under(s, b) or {}).get("gain") for s in names}} for b in budgets]
+    mid = budgets[len(budgets) // 2] if budgets else None
+    chosen = {s: best_under(s, mid) for s in names} if mid is not None else {}
+    e2e = {}
+    if args.e2e and target == "cpu" and chosen:
+        e2e = measure_e2e(model, chosen, seq_len, args)
+    out_png = workdir / f"pareto_{subject}_{target}.png"
+    plot(rows, out_png, f"{subject} / {target} ({'measured' if target == 'cpu' else 'roofline'} time gain)",
+         chosen.get("ip"), ev.metric_name)
+    return {"subject": subject, "target": target, "metric_name": ev.metric_name, "reference_metric": ev.ref_metric,
+            "n_regions": prob.n_regions, "n_units": len(prob.unit_order), "all_low_predicted_mse": prob.all_low_mse(),
+            "rows": rows, "budgets": budgets, "table": table, "mid_budget": mid,
+            "chosen": {s: ({k: v for k, v in r.items() if k != "units"} if r else None) for s, r in chosen.items()},
+            "e2e": e2e, "png": out_png.name, "ort_evaluations": ev.n_runs, "seconds": time.perf_counter() - t_start,
+            "pairs": {f"{a},{b}": v for (a, b), v in (pairs or {}).items()}}
+
+
+def measure_e2e(model, chosen: dict, seq_len: int, args) -> dict:
+    """End-to-end ORT time of each strategy's chosen plan vs all-high (cpu), paired rounds."""
+    from onnx_amp.passes.plan import ApplyPlanPass, Plan
+    from onnx_amp.passes.rewrite import RewritePass
+    from onnx_amp.runtime.profile import sample_feeds, time_model
+
+    names = [s for s, r in chosen.items() if r is not None]
+    models = []
+    for s in ["uniform-high"] + names:
+        units = {} if s == "uniform-high" else chosen[s]["units"]
+        ApplyPlanPass(Plan.from_json({"version": 1, "units": units}), target="cpu", validate=False)(model)
+        models.append(RewritePass("emulate")(model).model)
+    feeds = sample_feeds(model, 1, seq_len, 0)
+    timing = time_model(models, feeds, warmup=2, repeats=args.e2e_repeats)
+    base = timing.summary(0)["time_s"]
+    out = {}
+    for i, s in enumerate(names, start=1):
+        t = timing.summary(i)["time_s"]
+        out[s] = {"time_s": t, "gain_s": base - t, "speedup": base / t}
+    out["uniform-high"] = {"time_s": base, "gain_s": 0.0, "speedup": 1.0}
+    return out
+
+
+def plot(rows, path, title, chosen, metric_name):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axs = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    names = list(dict.fromkeys(r["strategy"] for r in rows))
+    for i, s in enumerate(names):
+        rs = [r for r in rows if r["strategy"] == s]
+        for ax, key in zip(axs, ("predicted_mse", "measured_mse")):
+            pts = sorted(((max(r[key], 1e-12), r["gain"]) for r in rs))
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if len(pts) > 1 else "s", color=f"C{i}", ms=4,
+                    lw=1, label=s)
+    if chosen:
+        axs[1].plot([max(chosen["measured_mse"], 1e-12)], [chosen["gain"]], "*", color="k", ms=14, label="chosen (ip)")
+        axs[0].plot([max(chosen["predicted_mse"], 1e-12)], [chosen["gain"]], "*", color="k", ms=14)
+    for ax, lab in zip(axs, ("predicted loss MSE", "measured loss MSE (ORT, held-out)")):
+        ax.set_xscale("log")
+        ax.set_xlabel(lab)
+        ax.grid(True, which="both", alpha=0.3)
+    axs[0].set_ylabel("predicted time gain [s] (sum of region gains)")
+    axs[1].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _fmt(x, unit=1e6):
+    return "-" if x is None else f"{x * unit:.1f}"
+
+
+def markdown(results: list[dict]) -> str:
+    lines = ["# Strategy comparison", ""]
+    for res in results:
+        names = [k for k in res["table"][0] if k != "budget"] if res["table"] else []
+        lines += [f"## {res['subject']} / {res['target']}",
+                  f"{res['n_regions']} regions, {res['n_units']} units; reference {res['metric_name']} "
+                  f"{res['reference_metric']:.4f}; {res['ort_evaluations']} ORT evaluations, {res['seconds']:.0f}s. "
+                  f"![pareto]({res['png']})", "",
+                  "Best predicted time gain [us] with measured loss MSE <= budget:", "",
+                  "| measured MSE budget | " + " | ".join(names) + " |",
+                  "|---|" + "---|" * len(names)]
+        for row in res["table"]:
+            lines.append(f"| {row['budget']:.3g} | " + " | ".join(_fmt(row[s]) for s in names) + " |")
+        lines += ["", f"Plans chosen at budget {res['mid_budget']:.3g}:" if res["mid_budget"] else "", "",
+                  f"| strategy | units low | predicted gain [us] | predicted MSE | measured MSE | {res['metric_name']} |"
+                  + (" e2e time [ms] | e2e speedup |" if res["e2e"] else ""),
+                  "|---|---|---|---|---|---|" + ("---|---|" if res["e2e"] else "")]
+        for s, r in res["chosen"].items():
+            if r is None:
+                lines.append(f"| {s} | (no plan under the budget) | | | | |")
+                continue
+            e = res["e2e"].get(s)
+            lines.append(f"| {s} | {r['n_low']} | {_fmt(r['gain'])} | {r['predicted_mse']:.3g} | {r['measured_mse']:.3g} | "
+                         f"{r['metric']:.4f} |" + (f" {e['time_s'] * 1e3:.2f} | {e['speedup']:.3f} |" if e else ""))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="output folder (results.md, results.json, PNGs, cached models)")
+    ap.add_argument("--subjects", default="minilm-sentiment,smollm2")
+    ap.add_argument("--targets", default="cpu,gaudi2")
+    ap.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES))
+    ap.add_argument("--n_tau", type=int, default=8, help="tau values per strategy (log-spaced)")
+    ap.add_argument("--n_calib", type=int, default=16)
+    ap.add_argument("--n_eval", type=int, default=32)
+    ap.add_argument("--seq_len", type=int, default=128, help="SmolLM2 window length")
+    ap.add_argument("--max_len", type=int, default=64, help="MiniLM sentence length")
+    ap.add_argument("--samples", type=int, default=200, help="random strategy: plans drawn per tau")
+    ap.add_argument("--profile_repeats", type=int, default=5)
+    ap.add_argument("--measure_units", action="store_true", help="pareto-greedy: measured per-unit sensitivity")
+    ap.add_argument("--pairs", action="store_true", help="also ip-pairs with measured neighbour pair terms")
+    ap.add_argument("--e2e", action="store_true", help="cpu: time the chosen plans end to end with ORT")
+    ap.add_argument("--e2e_repeats", type=int, default=10)
+    ap.add_argument("--small", action="store_true", help="development settings: MiniLM only, 4 taus, small data")
+    a = ap.parse_args(argv)
+    if a.small:
+        a.subjects, a.n_tau, a.n_calib, a.n_eval, a.max_len, a.seq_len = "minilm-sentiment", 4, 8, 16, 32, 64
+        a.profile_repeats = 3
+    a.strategies = [s.strip() for s in a.strategies.split(",") if s.strip()]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for subject in [s.strip() for s in a.subjects.split(",") if s.strip()]:
+        for target in [t.strip() for t in a.targets.split(",") if t.strip()]:
+            results.append(compare_one(subject, target, a, out))
+            (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
+            (out / "results.md").write_text(markdown(results))
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
