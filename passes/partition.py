@@ -56,7 +56,6 @@ Region JSON (model key ``onnx_amp.regions``)::
 from __future__ import annotations
 
 import gc
-import json
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -307,7 +306,7 @@ def _partition(model: ir.Model, source: str | None) -> Partition:
                 captured_by.setdefault(v, []).append(i)
     preds: list[list[int]] = [[j for j in map(get_prod, ins) if j is not None] for ins in inputs_of]
 
-    # topological order (graph order when already sorted, else Kahn's algorithm, stable)
+    # topological order (graph order when already sorted, else Kahn's algorithm)
     sorted_already = all(j < i for i in range(n_nodes) for j in preds[i])
     if sorted_already:
         topo = list(range(n_nodes))
@@ -317,24 +316,17 @@ def _partition(model: ir.Model, source: str | None) -> Partition:
         for i in range(n_nodes):
             for j in set(preds[i]):
                 succ_tmp[j].append(i)
-        import heapq
-
-        heap = [i for i in range(n_nodes) if indeg[i] == 0]
-        heapq.heapify(heap)
+        queue = deque(i for i in range(n_nodes) if indeg[i] == 0)  # FIFO: linear, near graph order
         topo = []
-        while heap:
-            i = heapq.heappop(heap)
+        while queue:
+            i = queue.popleft()
             topo.append(i)
             for k in succ_tmp[i]:
                 indeg[k] -= 1
                 if indeg[k] == 0:
-                    heapq.heappush(heap, k)
+                    queue.append(k)
         if len(topo) != n_nodes:
             raise OnnxAmpError(f"{source or graph.name or 'model'}: the graph has a cycle; not a valid ONNX model")
-    tpos = [0] * n_nodes
-    for p, i in enumerate(topo):
-        tpos[i] = p
-
     # constant / static (shape computation) classification, per node and per value
     CONST, STATIC, DATA = 0, 1, 2
     kind = [DATA] * n_nodes
