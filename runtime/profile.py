@@ -6,8 +6,10 @@ For every region of a partitioned model and every configuration of its units
 1. one real run of the whole model (feeds given, or sampled) records every value a region reads,
    so regions are timed on real activations (INT8 activation amax comes from this run too when
    the model has no ``onnx_amp.amax.*`` annotations);
-2. ``extract_region`` -> ``ApplyPlanPass`` (the configuration) -> ``RewritePass(form="emulate")``
-   (Q/DQ in ORT's fusable layout) -> an ORT session per configuration;
+2. ``extract_region`` -> ``ApplyPlanPass`` (the configuration) -> ``RewritePass(form="emulate",
+   int8_output_q=True)`` (Q/DQ in ORT's fusable layout: with the output Q, ORT fuses INT8 Conv to
+   QLinearConv and MatMul to QLinearMatMul; without it Conv stays float) -> one DQ per consumer ->
+   an ORT session per configuration. Deploy with the same rewrite options for the gains to hold;
 3. timing in **paired rounds**: each round runs every configuration once (shuffled order), after
    warm-up; the gain of configuration c in a round is ``t(config 0) - t(c)`` of that round, so slow
    drift on a shared machine cancels. Reported: median time, median gain, spread = IQR of the
@@ -275,10 +277,13 @@ def time_paired(runners: Sequence[Callable[[], Any]], warmup: int = 2, repeats: 
 # lowering a configuration
 # ---------------------------------------------------------------------------------------------
 
-def _rewrite(model: ir.Model) -> ir.Model:
+INT8_OUTPUT_Q = True  # ORT fuses INT8 Conv only as DQ -> Conv -> Q (QLinearConv); MatMul -> QLinearMatMul
+
+
+def _rewrite(model: ir.Model, int8_output_q: bool = INT8_OUTPUT_Q) -> ir.Model:
     from onnx_amp.passes.rewrite import RewritePass
 
-    res = RewritePass(form="emulate")(model)
+    res = RewritePass(form="emulate", int8_output_q=int8_output_q)(model)
     out = res.model
     dedicate_dq(out)
     return out
@@ -410,7 +415,8 @@ def fold_weight_constants(model: ir.Model) -> int:
     return n
 
 
-def lower_config(region_model: ir.Model, config: Config, target: Target) -> ir.Model:
+def lower_config(region_model: ir.Model, config: Config, target: Target,
+                 int8_output_q: bool = INT8_OUTPUT_Q) -> ir.Model:
     """Apply a configuration (units -> (w, a)) to an extracted region and lower it (emulate form)."""
     from onnx_amp.passes.plan import ApplyPlanPass, Plan
 
@@ -420,7 +426,7 @@ def lower_config(region_model: ir.Model, config: Config, target: Target) -> ir.M
     plan = Plan(target=target.name, strategy="profile", units=units)
     fold_weight_constants(region_model)
     ApplyPlanPass(plan, target=target)(region_model)
-    return _rewrite(region_model)
+    return _rewrite(region_model, int8_output_q)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -448,7 +454,7 @@ def profile_model(model: ir.Model, target: Target | str = "cpu", *, feeds: dict[
                   batch_size: int = 1, seq_len: int = 32, warmup: int = 2, repeats: int = 10,
                   max_configs: int = 64, regions: Sequence[str] | None = None, threads: int | None = None,
                   min_round_s: float = 0.002, progress: bool = True, share: bool = True,
-                  seed: int = 0) -> ProfileResult:
+                  seed: int = 0, int8_output_q: bool = INT8_OUTPUT_Q) -> ProfileResult:
     """Measure every region configuration of a partitioned model with ORT on this CPU.
 
     ``model`` must carry the partition annotations (``PartitionPass``); it is not modified.
@@ -522,7 +528,7 @@ def profile_model(model: ir.Model, target: Target | str = "cpu", *, feeds: dict[
             _type_io(m, values)
             annotate_amax_from_run(m, values)
             if any(tuple(a) != target.high for a in cfg.values()):
-                m = lower_config(m, cfg, target)
+                m = lower_config(m, cfg, target, int8_output_q)
             sess = make_ort_session(m, threads)
             n_sessions += 1
             f = {i.name: region_feeds[i.name] for i in sess.get_inputs()}
