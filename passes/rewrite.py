@@ -189,13 +189,13 @@ class _Rewriter:
         key = (id(w), f.name, axis, compute)
         if key in self.weight_cache:
             return self.weight_cache[key]
-        t = ir.convenience.get_const_tensor(w)
-        if t is None:
+        arr = _const_array(w)
+        if arr is None:
             raise OnnxAmpError(
                 f"layer {layer.metadata_props.get(A.LAYER)} (node {layer.name}): weight input {w.name!r} "
                 "is not a constant; re-run onnx-amp partition on this model"
             )
-        wt = torch.from_numpy(np.array(t.numpy(), dtype=np.float32, copy=True))
+        wt = torch.from_numpy(np.array(arr, dtype=np.float32, copy=True))
         base = f"{w.name}/{f.name}"
         if f.name == "fp32":
             out = w
@@ -338,11 +338,58 @@ class _Rewriter:
         self.report.inserted += 2
 
     def drop_dead_weights(self) -> None:
-        for v in self.old_weights:
-            if not v.uses() and not v.is_graph_output() and v.name in self.graph.initializers:
-                self.graph.initializers.pop(v.name)
-            elif not v.uses() and v.producer() is not None and v.producer().op_type == "Constant":
-                self.graph.remove(v.producer(), safe=True)
+        todo = list(self.old_weights)
+        while todo:
+            v = todo.pop()
+            if v.uses() or v.is_graph_output():
+                continue
+            p = v.producer()
+            if p is None:
+                if v.name in self.graph.initializers:
+                    self.graph.initializers.pop(v.name)
+            elif all(not o.uses() and not o.is_graph_output() for o in p.outputs):
+                # a constant-folding chain (Constant, Transpose of a tied embedding, ...) now unused
+                self.graph.remove(p, safe=True)
+                todo += [i for i in p.inputs if i is not None]
+
+
+_FOLDABLE = {"Transpose", "Identity", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Constant"}
+
+
+def _const_array(v: ir.Value, depth: int = 0) -> np.ndarray | None:
+    """The value of a constant weight: an initializer, a Constant, or a short chain of
+    Transpose/Reshape/Cast/... over them (e.g. the tied lm_head weight ``Transpose(embedding)``)."""
+    t = ir.convenience.get_const_tensor(v)
+    if t is not None:
+        return t.numpy()
+    p = v.producer()
+    if p is None or depth > 8 or p.op_type not in _FOLDABLE or p.domain not in ("", "ai.onnx"):
+        return None
+    ins = [None if i is None else _const_array(i, depth + 1) for i in p.inputs]
+    if any(x is None for x, i in zip(ins, p.inputs) if i is not None):
+        return None
+    a = p.attributes
+    x = ins[0] if ins else None
+    if p.op_type == "Identity":
+        return x
+    if p.op_type == "Transpose":
+        perm = a["perm"].value if "perm" in a else None
+        return np.transpose(x, perm)
+    if p.op_type == "Cast":
+        return x.astype(np.float32) if np.issubdtype(np.asarray(x).dtype, np.floating) else None
+    if p.op_type == "Reshape":
+        shape = [int(d) for d in ins[1]]
+        shape = [x.shape[i] if d == 0 else d for i, d in enumerate(shape)]
+        return x.reshape(shape)
+    if p.op_type in ("Squeeze", "Unsqueeze"):
+        axes = [int(d) for d in ins[1]] if len(ins) > 1 and ins[1] is not None else (
+            list(a["axes"].value) if "axes" in a else None)
+        if p.op_type == "Squeeze":
+            return np.squeeze(x, axis=tuple(axes) if axes else None)
+        for ax in sorted(d % (x.ndim + len(axes)) for d in axes):
+            x = np.expand_dims(x, ax)
+        return x
+    return None
 
 
 def _torch_dtype(dt: ir.DataType) -> torch.dtype:
