@@ -300,3 +300,17 @@ def test_cli_solve_on_real_minilm(minilm_annotated, tmp_path, capsys):
     rc = main(["solve", str(minilm_annotated), "--tau", "1e-30", "-o", str(out2)])
     err = capsys.readouterr().err
     assert rc != 0 and "smallest feasible tau" in err and not out2.exists()
+
+
+def test_tiny_tau_with_huge_losses_solves():
+    """FP32-high targets: min MSE ~1e-15 while INT8 configs reach ~10; HiGHS rejects |a| >= 1e15."""
+    p = random_problem(30, 8, seed=9)
+    for r in p.regions:
+        for c in r.configs:
+            c.mse = 1e-16 if not any(a != HI for a in c.assign.values()) else c.mse * 1e5
+    p._arrays.clear()
+    for tau in (p.min_mse(), p.min_mse() * 1.5, p.min_mse() + 20.0):
+        for solver in ("HiGHS", "CBC"):
+            sol = solve(p, tau, "ip", solver_name=solver)
+            assert sol.feasible
+            assert sol.gain >= solve(p, tau, "greedy").gain - 1e-9
