@@ -145,10 +145,11 @@ class _Calibrator:
         def hook(g, acc=acc, slot=slot, x=x, B=B):
             g = g.detach()
             acc.grad_seen = True
-            gs = _per_sample(g, B).double()
-            xs = _per_sample(x, B).double()
-            acc.s[slot] += float(((xs * gs) ** 2).sum())
-            acc.gsq[slot] += float((gs ** 2).sum())
+            gs = _per_sample(g, B).float()
+            xs = _per_sample(x, B).float()
+            xg = xs * gs
+            acc.s[slot] += float(torch.linalg.vecdot(xg, xg).double().sum())
+            acc.gsq[slot] += float(torch.linalg.vecdot(gs, gs).double().sum())
 
         t2.register_hook(hook)
         return t2
@@ -182,15 +183,15 @@ class _Calibrator:
         other = [d for d in range(W.dim()) if d != ax]
         if acc.gsq_w is None:
             acc.gsq_w = torch.zeros(W.shape[ax], dtype=torch.float64)
-        W2 = (W.double() ** 2)
-        per_bytes = W.numel() * 8
+        W2 = (W.float() ** 2)
+        per_bytes = W.numel() * 4
         chunk = max(1, min(B, self.chunk_bytes // max(per_bytes, 1)))
         if node.op_type == "MatMul" and W.dim() == 2 and wi == 1:
             K, N = W.shape
             As = Ain.reshape(B, -1, K)
             Gs = g.reshape(B, -1, N)
             for s in range(0, B, chunk):
-                gw = torch.einsum("brk,brn->bkn", As[s:s + chunk].double(), Gs[s:s + chunk].double())
+                gw = torch.einsum("brk,brn->bkn", As[s:s + chunk].float(), Gs[s:s + chunk].float())
                 self._accumulate(acc, gw, W2, ax, other)
             return
         if node.op_type == "MatMul" and W.dim() == 2 and wi == 0:
@@ -198,7 +199,7 @@ class _Calibrator:
             As = Ain.reshape(B, -1, K, Ain.shape[-1]) if Ain.dim() >= 2 else None
             Gs = g.reshape(B, -1, M, g.shape[-1])
             for s in range(0, B, chunk):
-                gw = torch.einsum("brmn,brkn->bmk", Gs[s:s + chunk].double(), As[s:s + chunk].double())
+                gw = torch.einsum("brmn,brkn->bmk", Gs[s:s + chunk].float(), As[s:s + chunk].float())
                 self._accumulate(acc, gw, W2, ax, other)
             return
         # generic: vjp of the layer op w.r.t. W, one sample at a time inside a vmap'd chunk
@@ -216,14 +217,15 @@ class _Calibrator:
                 gw = torch.func.vmap(one)(Ab[s:s + chunk], Gb[s:s + chunk])
             except Exception:
                 gw = torch.stack([one(Ab[i], Gb[i]) for i in range(s, min(B, s + chunk))])
-            self._accumulate(acc, gw.double(), W2, ax, other)
+            self._accumulate(acc, gw.float(), W2, ax, other)
 
     @staticmethod
     def _accumulate(acc: _Acc, gw: torch.Tensor, W2: torch.Tensor, ax: int, other: list[int]) -> None:
         acc.grad_seen = True
-        acc.s["w"] += float((gw * gw * W2.unsqueeze(0)).sum())
-        dims = [d + 1 for d in other] + [0]
-        acc.gsq_w += (gw * gw).sum(dim=dims)
+        g2 = gw * gw
+        acc.s["w"] += float((g2 * W2.unsqueeze(0)).sum(dim=tuple(range(1, g2.dim()))).double().sum())
+        dims = [d + 1 for d in other]
+        acc.gsq_w += g2.sum(dim=dims).double().sum(0)
 
 
 def _layers_of(model: ir.Model) -> list[tuple[str, ir.Node]]:

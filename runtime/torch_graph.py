@@ -372,14 +372,18 @@ def _ln(node, x):
     axis = _axis(_attr(node, "axis", -1), t.dim())
     eps = _attr(node, "epsilon", 1e-5)
     dims = list(range(axis, t.dim()))
+    n_out = len([o for o in node.outputs if o is not None and o.name])
+    norm_shape = tuple(t.shape[axis:])
+    if n_out == 1 and t.dtype == torch.float32 and tuple(scale.shape) == norm_shape and (
+            bias is None or tuple(bias.shape) == norm_shape):
+        return F.layer_norm(t, norm_shape, scale, bias, eps)
     mean = t.mean(dim=dims, keepdim=True)
     var = ((t - mean) ** 2).mean(dim=dims, keepdim=True)
     inv = torch.rsqrt(var + eps)
     out = (t - mean) * inv * scale
     if bias is not None:
         out = out + bias
-    n_out = len(node.outputs)
-    return [out, mean, inv][:n_out] if n_out > 1 else out
+    return [out, mean, inv][: len(node.outputs)] if len(node.outputs) > 1 else out
 
 
 @_op("RMSNormalization")
