@@ -26,7 +26,9 @@ import torch
 
 from onnx_amp.runtime.onnx_io import OnnxAmpError, load_model
 
-FP8_DISABLED_OPTIMIZERS = ["QDQSelectorActionTransformer", "ReluQuantRewrite"]
+# The two the team rules require, plus ClipQuantRewrite: Clip (ReLU6) -> Q with a float8 zero point
+# aborts session creation ("Unexpected data type for QuantizeLinear input y_zero_point of 17").
+FP8_DISABLED_OPTIMIZERS = ["QDQSelectorActionTransformer", "ReluQuantRewrite", "ClipQuantRewrite"]
 # INT8 Q/DQ: the rewrite gives each consumer layer its own Q -> DQ (ORT fuses DQ -> MatMul into
 # MatMulIntegerToFloat / QLinearMatMul only when the DQ's Q has no other consumer); CSE would merge
 # the identical Qs of q/k/v back into one and block the fusion.

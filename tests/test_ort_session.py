@@ -189,3 +189,33 @@ def test_cli_missing_amax(tmp_path, calibrated_file):
     assert r.returncode == 0, r.stderr
     r = _cli(raw, "-o", tmp_path / "x.onnx")
     assert r.returncode == 2 and "exactly one of --plan" in r.stderr
+
+
+def test_fp8_clip_before_q_needs_clipquantrewrite_disabled():
+    """Conv -> Clip (ReLU6) -> Conv in FP8: ORT's ClipQuantRewrite aborts on a float8 zero point."""
+    g = np.random.default_rng(1)
+    nodes = [h.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+             h.make_node("Clip", ["c1", "lo", "hi"], ["r"], name="relu6"),
+             h.make_node("Conv", ["r", "w2"], ["y"], name="conv2")]
+    graph = h.make_graph(nodes, "cnn", [h.make_tensor_value_info("x", TP.FLOAT, [1, 3, 8, 8])],
+                         [h.make_tensor_value_info("y", TP.FLOAT, [1, 4, 8, 8])],
+                         [nh.from_array((g.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "w1"),
+                          nh.from_array((g.standard_normal((4, 8, 1, 1)) * 0.3).astype(np.float32), "w2"),
+                          nh.from_array(np.array(0.0, np.float32), "lo"), nh.from_array(np.array(6.0, np.float32), "hi")])
+    m = h.make_model(graph, opset_imports=[h.make_opsetid("", 21)])
+    m.ir_version = 10
+    model = ir.from_proto(m)
+    PartitionPass()(model)
+    for n in A.layer_nodes(model.graph):
+        n.metadata_props[A.AMAX_A] = "3.0"
+    ApplyPlanPass(uniform_plan(model, "fp8_e4m3"))(model)
+    out = RewritePass("emulate")(model).model
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    with pytest.raises(Exception, match="zero_point|ClipQuant|float8"):
+        ort.InferenceSession(ir.to_proto(out).SerializeToString(), so, providers=["CPUExecutionProvider"],
+                             disabled_optimizers=["QDQSelectorActionTransformer", "ReluQuantRewrite"])
+    x = {"x": g.standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    y = run(make_session(out), x)["y"]
+    y_unopt = run(make_session(out, optimize=False), x)["y"]
+    np.testing.assert_array_equal(y, y_unopt)
