@@ -289,9 +289,12 @@ def minilm_head_path() -> Path:
 
 
 def _embed_all(model: MiniLMSentiment, batch: dict[str, np.ndarray], bs: int = 128) -> torch.Tensor:
+    from tqdm.auto import tqdm
+
     out = []
     with torch.inference_mode():
-        for i in range(0, len(batch["input_ids"]), bs):
+        for i in tqdm(range(0, len(batch["input_ids"]), bs), desc="MiniLM embeddings", unit="batch",
+                      leave=False, disable=None):
             am_np = batch["attention_mask"][i : i + bs]
             width = max(1, int(am_np.sum(1).max()))  # drop all-padding columns: same result, faster
             ids = torch.from_numpy(np.ascontiguousarray(batch["input_ids"][i : i + bs, :width]))
