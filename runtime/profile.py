@@ -285,8 +285,40 @@ def _rewrite(model: ir.Model, int8_output_q: bool = INT8_OUTPUT_Q) -> ir.Model:
 
     res = RewritePass(form="emulate", int8_output_q=int8_output_q)(model)
     out = res.model
+    activations_to_uint8(out)
     dedicate_dq(out)
     return out
+
+
+def activations_to_uint8(model: ir.Model) -> int:
+    """INT8 activation Q/DQ pairs -> UINT8 with zero point + 128 (the same numbers: q_u8 = q_s8 + 128),
+    what ORT's QDQS8ToU8Transformer does on x86. Doing it here keeps ORT's INT8 fusions (u8 activations
+    x s8 weights) while avoiding that transformer's failure on opset-21 activation-activation
+    MatMuls. Weights stay int8. In place; returns the number of Q nodes converted."""
+    n = 0
+    for q in [x for x in model.graph if x.op_type == "QuantizeLinear" and len(x.inputs) >= 3]:
+        zp = q.inputs[2]
+        if zp is None or zp.const_value is None or zp.const_value.dtype != ir.DataType.INT8:
+            continue
+        if q.inputs[0] is not None and q.inputs[0].const_value is not None:
+            continue  # a constant: leave it
+        if "output_dtype" in q.attributes:
+            continue
+        consumers = list(q.outputs[0].uses())
+        if not consumers or not all(c.op_type == "DequantizeLinear" for c, _ in consumers):
+            continue
+        zp_u8 = (zp.const_value.numpy().astype(np.int16) + 128).astype(np.uint8)
+        name = f"{q.outputs[0].name}/zp_u8"
+        v = ir.Value(name=name, shape=ir.Shape(zp_u8.shape), type=ir.TensorType(ir.DataType.UINT8),
+                     const_value=ir.Tensor(zp_u8, name=name))
+        model.graph.register_initializer(v)
+        q.replace_input_with(2, v)
+        q.outputs[0].dtype = ir.DataType.UINT8
+        for c, _ in consumers:
+            if len(c.inputs) >= 3 and c.inputs[2] is zp:
+                c.replace_input_with(2, v)
+        n += 1
+    return n
 
 
 def dedicate_dq(model: ir.Model) -> int:
