@@ -419,7 +419,7 @@ def _ensure_opset(model: ir.Model, needed: int, report: RewriteReport) -> None:
         version_converter.convert_version(model, target_version=OPSET)
     except Exception as e:  # noqa: BLE001
         raise OnnxAmpError(
-            f"model opset {cur} < {needed} (needed for FP8 Q/DQ) and converting it to opset {OPSET} failed "
+            f"model opset {cur} < {needed} (needed for FP8 or 16-bit-scale Q/DQ) and converting it to opset {OPSET} failed "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); re-export with opset_version={OPSET}"
         ) from e
     model.opset_imports[""] = OPSET
@@ -467,6 +467,9 @@ class RewritePass(ir.passes.FunctionalPass):
             w, a = (get_format(x) for x in A.parse_precision(n.metadata_props[A.PRECISION]))
             operand_fmts = (a,) if n.metadata_props.get(A.LAYER_KIND) == "act_act" else (w, a)
             uses_fp8 |= any(f.needs_qdq and not f.is_int for f in operand_fmts)
+            # deploy: Q/DQ computing in bf16/fp16 need 16-bit scales (opset >= 19)
+            uses_fp8 |= self.form == "deploy" and any(f.needs_qdq for f in operand_fmts) and any(
+                not f.needs_qdq and f.name != "fp32" for f in operand_fmts)
             if a.needs_qdq:
                 keys = [A.AMAX_A] + ([A.AMAX_B] if n.metadata_props.get(A.LAYER_KIND) == "act_act" else [])
                 need += [f"{n.metadata_props[A.LAYER]}:{k.rsplit('.', 1)[-1]}" for k in keys if k not in n.metadata_props]

@@ -378,3 +378,19 @@ def test_real_minilm_matches_emulation(tmp_path):
                 assert err < 0.5 * qerr, (w, a, err, qerr)
         else:  # weights-only (quantized offline, identical bits): float summation noise only
             assert err < 1e-4, (w, a, err, qerr)
+
+
+@pytest.mark.parametrize("w,a", [("fp8_e4m3", "bf16"), ("int8", "fp16"), ("bf16", "fp8_e5m2"), ("fp16", "fp32")])
+def test_deploy_mixed_assignments(calibrated, w, a):
+    m = calibrated.clone()
+    units = sorted({n.metadata_props[A.UNIT] for n in A.layer_nodes(m.graph)})
+    ApplyPlanPass(Plan(units={u: (w, a) for u in units}))(m)
+    rp = RewritePass("deploy")
+    out = rp(m).model
+    check_model(out)
+    mm = next(n for n in out.graph if n.name == "o_proj")
+    sixteen = {f for f in (w, a) if f in ("bf16", "fp16")}
+    expect = FQ.get_format(sixteen.pop()).onnx_dtype if sixteen and "fp32" not in (w, a) else ir.DataType.FLOAT
+    assert mm.outputs[0].dtype in ((expect, None) if expect == ir.DataType.FLOAT else (expect,))
+    if "bf16" in (w, a) and expect == ir.DataType.BFLOAT16:
+        assert any("Conv has no bfloat16" in s for s in rp.report.notes)
