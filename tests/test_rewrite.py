@@ -259,7 +259,7 @@ def test_int8_output_q_layout(calibrated):
     y = run(make_session(out, exact_qdq=True), feeds)
     for k in ("yg", "yc"):
         err = np.abs(y[k] - y_t[k].numpy()).max()
-        assert err <= max(2 * floor[k], 1e-4), (k, err, floor)
+        assert err <= max(3 * floor[k], 1e-4), (k, err, floor)
     # without amax.y: output Q omitted, noted
     m2 = m.clone()
     for n in A.layer_nodes(m2.graph):
@@ -328,9 +328,10 @@ def test_int8_fuses_into_integer_kernels(calibrated, tmp_path):
         assert np.abs(y_fused[k] - y_exact[k]).max() < 1e-3
 
 
-def _flip_floor(m, feeds, hooks):
+def _flip_floor(m, feeds, hooks, draws: int = 3):
     """How much the torch emulation itself moves when its layer inputs move by 1e-6 (relative):
-    the size of rounding-boundary flips, the floor for comparing two implementations."""
+    the size of rounding-boundary flips, the floor for comparing two implementations (max over
+    a few seeded draws)."""
     oh, yh = hooks
     gen = torch.Generator().manual_seed(0)
 
@@ -338,10 +339,14 @@ def _flip_floor(m, feeds, hooks):
         return oh(node, j, t * (1 + 1e-6 * torch.randn(t.shape, generator=gen)))
 
     tf = {k: torch.from_numpy(v) for k, v in feeds.items()}
+    floor: dict[str, float] = {}
     with torch.no_grad():
         a = TorchGraph(m)(tf, operand_hook=oh, output_hook=yh)
-        b = TorchGraph(m)(tf, operand_hook=oh2, output_hook=yh)
-    return a, {k: float(np.abs(a[k].numpy() - b[k].numpy()).max()) for k in a}
+        for _ in range(draws):
+            b = TorchGraph(m)(tf, operand_hook=oh2, output_hook=yh)
+            for k in a:
+                floor[k] = max(floor.get(k, 0.0), float(np.abs(a[k].numpy() - b[k].numpy()).max()))
+    return a, floor
 
 
 @pytest.mark.slow
@@ -373,7 +378,7 @@ def test_real_minilm_matches_emulation(tmp_path):
         if a != "fp32":
             # rounded activations: a 1e-6 nudge flips some roundings and moves the logits by about as
             # much as ORT-vs-torch summation order does; the difference stays within that floor
-            assert err <= max(2 * floor["logits"], 1e-4), (w, a, err, floor)
+            assert err <= max(3 * floor["logits"], 1e-4), (w, a, err, floor)
             if a != "bf16":  # bf16's whole error is of the size of its flips (4 logits here)
                 assert err < 0.5 * qerr, (w, a, err, qerr)
         else:  # weights-only (quantized offline, identical bits): float summation noise only
