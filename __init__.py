@@ -8,3 +8,12 @@ The repository root is this package; its stages live in sub-packages:
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    """Lazy ``onnx_amp.optimize`` (``import onnx_amp`` stays light: torch etc. load on first use)."""
+    if name == "optimize":
+        from onnx_amp.runtime.pipeline import optimize
+
+        return optimize
+    raise AttributeError(f"module 'onnx_amp' has no attribute {name!r}")

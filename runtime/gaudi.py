@@ -212,6 +212,7 @@ def _atomic_write_json(path: Path, obj: Any) -> None:
         raise OnnxAmpError(f"{path}: output folder {parent} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
     try:
+        os.chmod(tmp, 0o644)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=2)
             f.write("\n")

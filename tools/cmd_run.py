@@ -1,0 +1,74 @@
+"""``onnx-amp run [SOURCE] [--calibration_data DATA] [--target cpu] [--strategy ip]
+[--tau X | --tau_relative R | --accuracy_drop D] [--keep-intermediate] [-o DIR]``: the whole pipeline.
+
+SOURCE: an ``.onnx`` file, a Hugging Face folder, a ``.gguf`` file, ``module:function``, or a
+subject name (``smollm2``, ``minilm-sentiment``, ``effnet-lite0``: their real data is the default
+calibration data). Without SOURCE it runs the built-in default: SmolLM2-135M on Wikipedia text
+from the installed gensim package. See ``onnx_amp.runtime.pipeline.optimize``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+DEFAULT_SOURCE = "smollm2"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "run",
+        help="end to end: export, partition, calibrate, profile, solve, rewrite, validate, Gaudi config, report",
+        description="Run the whole onnx-amp pipeline and write <model>.amp.onnx, <model>.amp.deploy.onnx, plan.json, "
+        "<model>.gaudi_fp8.json and report.md next to the input (or into -o DIR). Without SOURCE: SmolLM2-135M "
+        "with Wikipedia text from gensim.",
+    )
+    p.add_argument("source", nargs="?", default=None, metavar="SOURCE",
+                   help="model.onnx, HF folder, .gguf, module:function or a subject name (default: smollm2)")
+    p.add_argument("--calibration_data", metavar="DATA",
+                   help=".npz keyed by input name, or .txt with --tokenizer (default for subjects: their real data)")
+    p.add_argument("--validation_data", metavar="DATA", help="held-out data (default: the end of the calibration data)")
+    p.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json or HF tokenizer folder for text data")
+    p.add_argument("--target", default="cpu", help="cpu (default, measured with ORT), gaudi2, gaudi3, h100, h200, or a target .json")
+    p.add_argument("--strategy", default="ip", help="ip (default), random, prefix, greedy, pareto-greedy, uniform-high, uniform-low")
+    p.add_argument("--metric", default="time", help="time (default), tt (roofline) or memory")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--tau", type=float, help="bound on the predicted loss MSE (absolute)")
+    g.add_argument("--tau_relative", type=float, help="bound as a fraction of the all-low plan's predicted MSE (default 0.1)")
+    g.add_argument("--accuracy_drop", type=float,
+                   help="allowed relative worsening of the task metric (e.g. 0.01), found by bisection over tau")
+    p.add_argument("--keep-intermediate", "--keep_intermediate", dest="keep_intermediate", action="store_true",
+                   help="also write each stage's ONNX (.partitioned/.calibrated/.gains/.planned.onnx)")
+    p.add_argument("-o", "--output_dir", metavar="DIR", help="output folder (default: beside the input)")
+    p.add_argument("--name", help="output file stem (default: from the input)")
+    p.add_argument("--calibration_samples", type=int, help="calibration samples (subjects: smollm2 16, minilm 64)")
+    p.add_argument("--validation_samples", type=int, help="held-out samples for the measured figures")
+    p.add_argument("--seq_len", type=int, default=None, help="tokens per text window (default 128; smollm2 default run: 64)")
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--profile_repeats", type=int, default=10, help="timed rounds per region configuration")
+    p.add_argument("--no-measure", dest="measure", action="store_false", default=None,
+                   help="roofline time only (no ORT timing of region configurations)")
+    p.add_argument("--no-pareto", dest="pareto", action="store_false", help="skip the Pareto sweep")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from onnx_amp.runtime.pipeline import optimize
+
+    source = args.source or DEFAULT_SOURCE
+    seq_len = args.seq_len
+    if seq_len is None:
+        seq_len = 64 if args.source is None else 128
+    res = optimize(
+        source, calibration_data=args.calibration_data, validation_data=args.validation_data,
+        tokenizer=args.tokenizer, target=args.target, strategy=args.strategy, metric=args.metric,
+        tau=args.tau, tau_relative=args.tau_relative, accuracy_drop=args.accuracy_drop,
+        output_dir=args.output_dir, name=args.name, keep_intermediate=args.keep_intermediate,
+        calibration_samples=args.calibration_samples, validation_samples=args.validation_samples,
+        seq_len=seq_len, batch_size=args.batch_size, profile_repeats=args.profile_repeats,
+        measure=args.measure, pareto=args.pareto, progress=args.progress,
+    )
+    print(res.summary())
+    for n in res.notes:
+        print(f"  note: {n}", file=sys.stderr)
+    return 0
