@@ -196,6 +196,7 @@ def measured_loss_mse(ref_model, plan_model, batches: Iterable[dict], loss_fn=No
                       output_name: str | None = None, exact_qdq: bool = True) -> tuple[float, np.ndarray]:
     """``mean_n (L_n(plan) - L_n(ref))^2`` over the samples of ``batches``; returns (mse, deltas[N]).
 
+    ``batches``: dicts of input arrays (plus ``labels``), or an ORT ``CalibrationDataReader``.
     ``ref_model``/``plan_model``: ``ir.Model``, path, or ``ort.InferenceSession``. ``loss_fn``:
     anything ``runtime.losses.resolve_loss`` takes (``None`` = detect; a ``LossSpec``; a name; a
     callable ``fn(output, batch) -> [B]``). Unlabeled classification scores both models against the
@@ -206,6 +207,10 @@ def measured_loss_mse(ref_model, plan_model, batches: Iterable[dict], loss_fn=No
 
     from onnx_amp.runtime.losses import LossSpec, resolve_loss
 
+    if hasattr(batches, "get_next"):  # an ORT CalibrationDataReader
+        reader, batches = batches, []
+        while (b := reader.get_next()) is not None:
+            batches.append(b)
     batches = list(batches)
     if not batches:
         raise OnnxAmpError("measured loss MSE needs at least one batch of held-out samples")

@@ -112,6 +112,18 @@ def test_measured_loss_mse():
     lab = [dict(b, labels=np.arange(8) % 5) for b in batches]
     mse_l, _ = measured_loss_mse(ref, plan, lab, loss_fn=resolve_loss("classification", ref), progress=False)
     assert mse_l > 0 and mse_l != mse
+    # an ORT CalibrationDataReader works as the batches
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(batches)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    mse_r, _ = measured_loss_mse(ref, plan, Reader(), loss_fn="classification", progress=False)
+    assert mse_r == mse
     with pytest.raises(OnnxAmpError, match="at least one batch"):
         measured_loss_mse(ref, plan, [], progress=False)
 
