@@ -49,30 +49,37 @@ ORT_MAX_IR = 10  # onnx 1.23 writes IR 11+ by default; this ORT reads up to 13, 
 # sessions
 # ---------------------------------------------------------------------------------------------
 
-def make_ort_session(model: ir.Model, threads: int | None = None):
-    """An ORT CPU session via the shared ``runtime.ort_session.make_session`` (FP8-safe options).
-    ``model`` may be modified (IR version clamped to what this ORT reads)."""
-    from onnx_amp.runtime.ort_session import FP8_DISABLED_OPTIMIZERS, make_session, model_has_fp8, session_options
-
-    model.ir_version = min(model.ir_version or ORT_MAX_IR, ORT_MAX_IR)
-    try:
-        return make_session(model, threads=threads)
-    except OnnxAmpError as e:
-        if "zero_point type UINT8" not in str(e):
-            raise
-    # ORT 1.31's QDQS8ToU8Transformer breaks opset-21 INT8 Q/DQ on activation-activation MatMuls
-    # ("output_dtype INT8 does not match y_zero_point type UINT8"); keep every other fusion.
-    import onnxruntime as ort
-
+def make_ort_session(model: ir.Model, threads: int | None = None, spinning: bool = False):
+    """An ORT CPU session for timing: the shared ``ort_session.session_options`` (FP8 models get
+    the FP8-safe ``disabled_optimizers``), and thread-pool spinning OFF by default: many sessions
+    run interleaved here, and a pool that keeps spinning after its run steals the cores of the next
+    session (we measured region times inflated about 3x with spinning on). ``model`` may be
+    modified (IR version clamped to what this ORT reads)."""
     import tempfile
 
-    disabled = ["QDQS8ToU8Transformer"] + (FP8_DISABLED_OPTIMIZERS if model_has_fp8(model) else [])
-    tmp = tempfile.TemporaryDirectory(prefix="onnx_amp_prof_")
-    path = f"{tmp.name}/model.onnx"
-    ir.save(model, path, external_data="model.onnx.data")
-    sess = ort.InferenceSession(path, session_options(threads), providers=["CPUExecutionProvider"],
-                                disabled_optimizers=disabled)
-    sess._onnx_amp_tmpdir = tmp
+    import onnxruntime as ort
+
+    from onnx_amp.runtime.ort_session import FP8_DISABLED_OPTIMIZERS, model_has_fp8, session_options
+
+    model.ir_version = min(model.ir_version or ORT_MAX_IR, ORT_MAX_IR)
+    so = session_options(threads)
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    kwargs = {"disabled_optimizers": FP8_DISABLED_OPTIMIZERS} if model_has_fp8(model) else {}
+    tmp = None
+    if any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values()):
+        tmp = tempfile.TemporaryDirectory(prefix="onnx_amp_prof_")
+        source = f"{tmp.name}/model.onnx"
+        ir.save(model, source, external_data="model.onnx.data")
+    else:
+        source = ir.to_proto(model).SerializeToString()
+    try:
+        sess = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"], **kwargs)
+    except Exception as e:  # noqa: BLE001
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise OnnxAmpError(f"{model.graph.name or 'model'}: ONNX Runtime cannot load the lowered model ({msg})") from e
+    sess._onnx_amp_tmpdir = tmp  # external data stays alive with the session
     return sess
 
 
@@ -580,14 +587,11 @@ def profile_model(model: ir.Model, target: Target | str = "cpu", *, feeds: dict[
 def time_model(models: Sequence[ir.Model], feeds: dict[str, np.ndarray], warmup: int = 2, repeats: int = 10,
                threads: int | None = None, seed: int = 0, min_round_s: float = 0.0) -> Timing:
     """Paired-round timing of whole models (e.g. all-high vs a plan) on the same feeds."""
-    from onnx_amp.runtime.ort_session import make_session
-
     runners = []
     for m in models:
         irv = m.ir_version
-        m.ir_version = min(irv or ORT_MAX_IR, ORT_MAX_IR)
         try:
-            sess = make_session(m, threads=threads)
+            sess = make_ort_session(m, threads)
         finally:
             m.ir_version = irv
         names = {x.name for x in sess.get_inputs()}
