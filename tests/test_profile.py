@@ -152,3 +152,24 @@ def test_cli_profile_roundtrip(tmp_path):
     assert g2["high"] == ["bf16", "bf16"] and g2["regions"]["r0"]["time_source"] == "roofline"
     assert len(g2["regions"]["r0"]["configs"]) == 9
     assert main(["profile", str(p), "--target", "h100", "--measure", "-o", str(out2)]) == 2
+
+
+def test_gpu_profile_dry_run(tmp_path):
+    """tools/gpu_profile.py on CPU (--dry-run): no GPU in CI; checks the script end to end."""
+    import json
+
+    from onnx_amp.tools.gpu_profile import main as gpu_main
+
+    model = residual_stack(nblocks=2, d=32, h=64)
+    p = tmp_path / "m.onnx"
+    save_model(model, p)
+    out = tmp_path / "gpu.json"
+    assert gpu_main([str(p), "--target", "h100", "--dry-run", "--batch_size", "8", "--seq_len", "1",
+                     "--repeats", "2", "--warmup", "1", "-o", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert d["info"]["dry_run"] and d["info"]["distinct_structures"] == 1
+    assert set(d["measured"]) == {"r0", "r1"} and len(d["measured"]["r0"]) == 4  # {bf16, fp8}^2
+    g = GainsPass("h100", d["measured"], batch_size=8)
+    g(model)
+    rows = read_gains(model)["regions"]["r0"]["configs"]
+    assert len(rows) == 9 and sum(1 for r in rows if "noisy" in r) == 4  # fp16 configs stay roofline
