@@ -225,6 +225,17 @@ def compare_one(subject: str, target: str, args, workdir: Path) -> dict:
     e2e = {}
     if args.e2e and target == "cpu" and chosen:
         e2e = measure_e2e(model, chosen, seq_len, args)
+    bisection = None
+    if args.max_drop is not None:
+        from onnx_amp.passes.solve import bisect_tau
+
+        higher = ev.metric_name == "accuracy"
+        sol, hist = bisect_tau(prob, lambda plan: ev.evaluate(plan["units"])["metric"], args.max_drop,
+                               relative=not higher, higher_is_better=higher, baseline=ev.ref_metric,
+                               metric=metric, steps=args.bisect_steps)
+        bisection = {"max_drop": args.max_drop, "relative": not higher, "tau": sol.tau, "gain": sol.gain,
+                     "n_low": len(sol.plan["units"]), "metric": ev.evaluate(sol.plan["units"])["metric"],
+                     "steps": [vars(h) for h in hist]}
     out_png = workdir / f"pareto_{subject}_{target}.png"
     plot(rows, out_png, f"{subject} / {target} ({'measured' if target == 'cpu' else 'roofline'} time gain)",
          chosen.get("ip"), ev.metric_name)
@@ -232,7 +243,7 @@ def compare_one(subject: str, target: str, args, workdir: Path) -> dict:
             "n_regions": prob.n_regions, "n_units": len(prob.unit_order), "all_low_predicted_mse": prob.all_low_mse(),
             "rows": rows, "budgets": budgets, "table": table, "mid_budget": mid,
             "chosen": {s: ({k: v for k, v in r.items() if k != "units"} if r else None) for s, r in chosen.items()},
-            "e2e": e2e, "png": out_png.name, "ort_evaluations": ev.n_runs, "seconds": time.perf_counter() - t_start,
+            "e2e": e2e, "bisection": bisection, "png": out_png.name, "ort_evaluations": ev.n_runs, "seconds": time.perf_counter() - t_start,
             "pairs": {f"{a},{b}": v for (a, b), v in (pairs or {}).items()}}
 
 
@@ -321,6 +332,12 @@ def markdown(results: list[dict]) -> str:
             e = res["e2e"].get(s)
             lines.append(f"| {s} | {r['n_low']} | {_fmt(r['gain'])} | {r['predicted_mse']:.3g} | {r['measured_mse']:.3g} | "
                          f"{r['metric']:.4f} |" + (f" {e['time_s'] * 1e3:.2f} | {e['speedup']:.3f} |" if e else ""))
+        b = res.get("bisection")
+        if b:
+            lines += ["", f"Bisection over tau to an allowed {res['metric_name']} drop of {b['max_drop']}"
+                      f"{' (relative)' if b['relative'] else ''}: tau {b['tau']:.3g}, {b['n_low']} units low, "
+                      f"predicted gain {_fmt(b['gain'])} ms, {res['metric_name']} {b['metric']:.4f}; steps: "
+                      + ", ".join(f"tau {h['tau']:.2g} -> {h['metric_value']:.4f} ({'ok' if h['ok'] else 'no'})" for h in b["steps"])]
         lines.append("")
     return "\n".join(lines)
 
@@ -344,6 +361,9 @@ def main(argv=None) -> int:
     ap.add_argument("--pairs", action="store_true", help="also ip-pairs with measured neighbour pair terms")
     ap.add_argument("--e2e", action="store_true", help="cpu: time the chosen plans end to end with ORT")
     ap.add_argument("--e2e_repeats", type=int, default=10)
+    ap.add_argument("--max_drop", type=float, default=None,
+                    help="also bisect tau to this allowed task-metric drop (accuracy: absolute; perplexity: relative)")
+    ap.add_argument("--bisect_steps", type=int, default=6)
     ap.add_argument("--small", action="store_true", help="development settings: MiniLM only, 4 taus, small data")
     a = ap.parse_args(argv)
     if a.small:
