@@ -136,6 +136,13 @@ def run_model(name: str, path: str, args, target) -> dict:
     def err_pct_of_base(key):
         return float(np.mean([abs(r[key] - r["measured_s"]) for r in rows]) / base_t * 100)
 
+    def spearman(key):
+        if len(rows) < 3:
+            return float("nan")
+        a = np.argsort(np.argsort([r[key] for r in rows]))
+        b = np.argsort(np.argsort([r["measured_s"] for r in rows]))
+        return float(np.corrcoef(a, b)[0, 1])
+
     return {
         "model": name, "path": path, "batch_size": args.batch_size, "seq_len": args.seq_len,
         "regions": prof.n_regions, "distinct_structures": prof.n_unique, "units": len(all_units),
@@ -143,6 +150,7 @@ def run_model(name: str, path: str, args, target) -> dict:
         "mare_region_sum": mare("pred_region_s"), "mare_unit_sum": mare("pred_unit_s"),
         "abs_err_pct_of_fp32_time_region_sum": err_pct_of_base("pred_region_s"),
         "abs_err_pct_of_fp32_time_unit_sum": err_pct_of_base("pred_unit_s"),
+        "spearman_region_sum": spearman("pred_region_s"), "spearman_unit_sum": spearman("pred_unit_s"),
         "noisy_plans": sum(r["measured_noisy"] for r in rows),
         "seconds": time.perf_counter() - t0, "plans": rows,
     }
