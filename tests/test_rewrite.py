@@ -350,11 +350,9 @@ def _flip_floor(m, feeds, hooks, draws: int = 3):
 
 
 @pytest.mark.slow
-def test_real_minilm_matches_emulation(tmp_path):
+def test_real_minilm_matches_emulation(tmp_path, minilm_onnx):
     """MiniLM (real export): ORT on the rewritten file vs torch fake-quant of the same plan."""
-    path = Path("/work/cache/minilm/model.onnx")
-    if not path.exists():
-        pytest.skip("exported MiniLM not in /work/cache yet")
+    path = Path(minilm_onnx)
     from onnx_amp.runtime.onnx_io import load_model, save_model
 
     model = load_model(path)
