@@ -151,6 +151,7 @@ def build_gaudi_config(
     fp8_kinds: set[str] = set()
     unmapped: list[str] = []
     act_seen: dict[str, int] = defaultdict(int)
+    int8_layers: list[str] = []
     for lay in layers:
         module = lay["module"]
         if not module:
@@ -166,12 +167,15 @@ def build_gaudi_config(
         if is_fp8:
             fp8_kinds.update({f for f in (w, a) if f in FP8_FORMATS})
         elif "int8" in (w, a):
-            notes.append(f"{lay['id']} ({module}): int8 has no Gaudi FP8 lowering; kept in {hp_dtype}")
+            int8_layers.append(lay["id"])
         if module not in status:
             order.append(module)
             status[module] = is_fp8
         else:
             status[module] = status[module] and is_fp8  # any high layer keeps the module high
+    if int8_layers:
+        notes.append(f"{len(int8_layers)} layer(s) planned in int8 ({', '.join(int8_layers[:6])}"
+                     f"{' ...' if len(int8_layers) > 6 else ''}): Gaudi FP8 has no int8 lowering; kept in {hp_dtype}")
     if unmapped:
         notes.append(
             f"{len(unmapped)} layer(s) have no torch module path (ONNX-only model?): "
