@@ -333,3 +333,109 @@ def calibrate(model: ir.Model, data: Any, loss: Any = None, batch_size: int = 8,
         loss=spec.to_json() if spec else {}, mean_loss=loss_sum / n_seen, seconds=time.perf_counter() - t0,
         source=cdata.source,
     )
+
+
+def measure_format_errors(model: ir.Model, data: Any, result: CalibrationResult, formats: list[str],
+                          batch_size: int = 8, max_samples: int | None = None, loss: Any = None,
+                          output_name: str | None = None, torch_graph: TorchGraph | None = None,
+                          progress: bool = True) -> CalibrationResult:
+    """The "actual error" loss model: a second forward+backward pass that, for each layer operand and
+    each format f, accumulates ``mean_n (sum_i g_i e_i)^2`` with ``e = Q_f(x) - x`` the operand's *actual*
+    rounding error under the rewrite's scales (per-tensor calibration amax for activations, per-channel
+    for weights), instead of the ideal ``alpha_f * S``. For a weight, ``sum_i gW_i e_i`` is taken as
+    ``<dL/dY, f(A, W + e) - f(A, W)>`` (exact for a layer linear in W). Results go to
+    ``LayerStats.extra = {"a"|"w"|"b": {format: term}}`` (annotation ``onnx_amp.sens.measured``), which
+    :func:`onnx_amp.runtime.lossmodel.predicted_mse` then prefers over the ideal formula.
+    """
+    from onnx_amp.runtime.fakequant import apply_operand_format
+    from onnx_amp.runtime.torch_graph import OPS
+
+    fmts = list(formats)
+    cdata = load_calibration_data(data, model, max_samples=max_samples)
+    tg = torch_graph or TorchGraph(model)
+    by_node = {st.node: st for st in result.layers.values()}
+    sums: dict[str, dict[str, dict[str, float]]] = {lid: {} for lid in result.layers}
+    wq_cache: dict[tuple[str, str], torch.Tensor] = {}
+    spec: LossSpec | None = loss if isinstance(loss, LossSpec) else None
+    n_seen = 0
+    state = {"B": 1, "inputs": {}}
+
+    def add(lid, slot, f, per_sample):
+        d = sums[lid].setdefault(slot, {})
+        d[f] = d.get(f, 0.0) + float((per_sample.double() ** 2).sum())
+
+    def operand_hook(node, j, t):
+        st = by_node.get(node.name)
+        if st is None:
+            return t
+        state["inputs"].setdefault(node.name, {})[j] = t.detach()
+        if j >= 2:
+            return t
+        w_index = None if st.kind == "act_act" else int(node.metadata_props.get(A.WEIGHT_INPUT, "1"))
+        if w_index is not None and j == w_index:
+            return t
+        slot = ("a" if j == 0 else "b") if st.kind == "act_act" else "a"
+        amax = st.amax_a if slot == "a" else st.amax_b
+        x = t.detach()
+        errs = {f: (apply_operand_format(x, f, amax=amax) - x) for f in fmts}
+        t2 = t.view_as(t) if t.requires_grad else t.detach().requires_grad_(True)
+        B = state["B"]
+
+        def hook(g, lid=st.layer, slot=slot, errs=errs, B=B):
+            gs = _per_sample(g.detach(), B).float()
+            for f, e in errs.items():
+                add(lid, slot, f, (gs * _per_sample(e, B).float()).sum(1))
+
+        t2.register_hook(hook)
+        return t2
+
+    def output_hook(node, j, y):
+        st = by_node.get(node.name)
+        if st is None or j != 0 or st.kind != "weight" or not y.requires_grad:
+            return y
+        wi = int(node.metadata_props.get(A.WEIGHT_INPUT, "1"))
+        axis = int(node.metadata_props.get(A.WEIGHT_AXIS, "-1"))
+        ins = dict(state["inputs"].get(node.name, {}))
+        y0 = y.detach()
+        B = state["B"]
+        dys = {}
+        for f in fmts:
+            key = (node.name, f)
+            if key not in wq_cache:
+                wq_cache[key] = apply_operand_format(ins[wi], f, axis=axis)
+            args = [ins.get(k) for k in range(len(node.inputs))]
+            args[wi] = wq_cache[key]
+            with torch.no_grad():
+                dys[f] = OPS[node.op_type](node, args) - y0
+        y2 = y.view_as(y)
+
+        def hook(g, lid=st.layer, dys=dys, B=B):
+            gs = _per_sample(g.detach(), B).float()
+            for f, dy in dys.items():
+                add(lid, "w", f, (gs * _per_sample(dy, B).float()).sum(1))
+
+        y2.register_hook(hook)
+        return y2
+
+    total = cdata.num_samples if max_samples is None else min(max_samples, cdata.num_samples)
+    bar = tqdm(total=total, desc="onnx-amp measured errors", unit="sample", disable=not progress)
+    for bi, batch in enumerate(cdata.batches(batch_size, max_samples)):
+        feeds = {k: v for k, v in batch.items() if k != "labels"}
+        B = int(next(iter(feeds.values())).shape[0])
+        state["B"] = B
+        state["inputs"] = {}
+        with torch.enable_grad():
+            outs = tg(_to_torch(feeds), operand_hook=operand_hook, output_hook=output_hook)
+            if spec is None:
+                spec = resolve_loss(loss, model, output_name, sample_outputs=outs)
+            L = spec(outs, _to_torch(batch))
+            if not torch.isfinite(L).all():
+                raise OnnxAmpError(f"measured-error pass batch {bi}: loss is NaN/Inf")
+            L.sum().backward()
+        n_seen += B
+        bar.update(B)
+    bar.close()
+    state["inputs"] = {}
+    for lid, st in result.layers.items():
+        st.extra = {slot: {f: v / n_seen for f, v in d.items()} for slot, d in sums[lid].items()}
+    return result
