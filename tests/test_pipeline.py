@@ -157,3 +157,16 @@ def test_paraphrase_onnx_only(paraphrase_onnx, tmp_path):
     assert np.isfinite(res.measured_mse)
     assert res.predicted_mse <= res.tau * (1 + 1e-6)
     assert any("no torch module path" in n for n in res.notes)
+
+
+def test_accuracy_drop_bisection(tmp_path):
+    """``accuracy_drop``: bisection over tau with real ORT evaluations of the rewritten model."""
+    from onnx_amp.runtime.pipeline import optimize
+
+    res = optimize(_export_tiny(), calibration_data=_data(40), validation_samples=16, accuracy_drop=0.05,
+                   target="cpu", metric="memory", measure=False, pareto=False, output_dir=tmp_path, name="tiny",
+                   progress=False, verbose=False, report=False)
+    assert res.task["name"] == "top-1 agreement with high precision"
+    assert res.task["after"] >= 0.95 - 1e-9  # within the allowed drop on the held-out samples
+    assert res.tau > 0 and (tmp_path / "tiny.amp.onnx").exists()
+    assert len(res.plan["units"]) >= 1  # memory gain: the bisection did lower something
