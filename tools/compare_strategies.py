@@ -348,9 +348,10 @@ def main(argv=None) -> int:
     ap.add_argument("--subjects", default="minilm-sentiment,smollm2")
     ap.add_argument("--targets", default="cpu,gaudi2")
     ap.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES))
-    ap.add_argument("--n_tau", type=int, default=8, help="tau values per strategy (log-spaced)")
-    ap.add_argument("--n_calib", type=int, default=16)
-    ap.add_argument("--n_eval", type=int, default=32)
+    ap.add_argument("--n_tau", type=int, default=None, help="tau values per strategy, log-spaced (default: "
+                    "MiniLM 8, SmolLM2 4)")
+    ap.add_argument("--n_calib", type=int, default=None, help="calibration samples (default: MiniLM 16, SmolLM2 8)")
+    ap.add_argument("--n_eval", type=int, default=None, help="held-out samples (default: MiniLM 64, SmolLM2 8)")
     ap.add_argument("--seq_len", type=int, default=128, help="SmolLM2 window length")
     ap.add_argument("--max_len", type=int, default=64, help="MiniLM sentence length")
     ap.add_argument("--samples", type=int, default=200, help="random strategy: plans drawn per tau")
@@ -367,14 +368,20 @@ def main(argv=None) -> int:
     ap.add_argument("--small", action="store_true", help="development settings: MiniLM only, 4 taus, small data")
     a = ap.parse_args(argv)
     if a.small:
-        a.subjects, a.n_tau, a.n_calib, a.n_eval, a.max_len, a.seq_len = "minilm-sentiment", 4, 8, 16, 32, 64
+        a.subjects, a.max_len, a.seq_len = "minilm-sentiment", 32, 64
+        a.n_tau, a.n_calib, a.n_eval = a.n_tau or 4, a.n_calib or 8, a.n_eval or 16
         a.profile_repeats = 3
     a.strategies = [s.strip() for s in a.strategies.split(",") if s.strip()]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
+    defaults = {"n_tau": {"smollm2": 4}, "n_calib": {"smollm2": 8}, "n_eval": {"smollm2": 8}}
+    fallback = {"n_tau": 8, "n_calib": 16, "n_eval": 64}
+    explicit = {k: getattr(a, k) for k in fallback}
     for subject in [s.strip() for s in a.subjects.split(",") if s.strip()]:
+        for k in fallback:
+            setattr(a, k, explicit[k] if explicit[k] is not None else defaults[k].get(subject, fallback[k]))
         for target in [t.strip() for t in a.targets.split(",") if t.strip()]:
             results.append(compare_one(subject, target, a, out))
             (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
