@@ -49,6 +49,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--solvers", default="CBC,HiGHS")
     ap.add_argument("--no-prune", action="store_true", help="keep dominated configurations in the IP")
+    ap.add_argument("--gap", type=float, default=1e-4, help="relative MIP gap (default 1e-4, mip's default)")
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
     p = random_problem(a.regions, a.configs, a.seed)
@@ -56,10 +57,10 @@ def main(argv=None) -> int:
     tau = a.tau_relative * p.all_low_mse()
     for s in a.solvers.split(","):
         t0 = time.perf_counter()
-        sel = solve_ip(p, tau, "time", solver_name=s, prune=not a.no_prune)
+        sel = solve_ip(p, tau, "time", solver_name=s, prune=not a.no_prune, max_gap=a.gap)
         dt = time.perf_counter() - t0
         g, d = p.totals(sel, "time")
-        print(f"{s:6s}: {dt:.3f}s  gain={g:.4f}  mse={d:.4g} <= tau={tau:.4g}  ({a.regions * a.configs} binaries"
+        print(f"{s:6s} gap {a.gap:g}: {dt:.3f}s  gain={g:.4f}  mse={d:.4g} <= tau={tau:.4g}  ({a.regions * a.configs} binaries"
               f"{'' if a.no_prune else ', dominated configurations pruned first'})")
     return 0
 
