@@ -266,7 +266,7 @@ def ensure_subject_onnx(name: str, root: str | os.PathLike | None = None, verbos
     """Path of the un-partitioned ONNX of a subject (``smollm2``, ``minilm``/``minilm-sentiment``,
     ``effnet``/``effnet-lite0``, ``paraphrase``) under ``root`` (default :func:`exports_dir`):
     ``<root>/<smollm2|minilm|effnet|paraphrase>/model.onnx``. Exported (or copied) when missing or
-    when its ``VERSION`` file differs from ``subjects.EXPORT_VERSION``; a file lock keeps two
+    when its ``VERSION`` file differs from ``subjects.export_version(name)``; a file lock keeps two
     processes from exporting the same subject at once."""
     import fcntl
     import shutil
@@ -284,7 +284,7 @@ def ensure_subject_onnx(name: str, root: str | os.PathLike | None = None, verbos
     out, ver = d / "model.onnx", d / "VERSION"
 
     def fresh() -> bool:
-        return out.exists() and ver.exists() and ver.read_text().strip() == subjects.EXPORT_VERSION
+        return out.exists() and ver.exists() and ver.read_text().strip() == subjects.export_version(canon)
 
     if fresh():
         return out
@@ -299,7 +299,7 @@ def ensure_subject_onnx(name: str, root: str | os.PathLike | None = None, verbos
                 os.replace(tmp, out)
             else:
                 export_model(canon, out, verbose=verbose)
-            ver.write_text(subjects.EXPORT_VERSION + "\n")
+            ver.write_text(subjects.export_version(canon) + "\n")
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return out
