@@ -239,3 +239,35 @@ def test_unmatched_layer_is_listed():
     assert [st.node for st in res.layers.values()] == ["mm1"]
     AnnotateSensitivityPass(res)(model)
     assert A.get_json(model, A.CALIBRATION)["unmatched"][0]["node"] == "mm2"
+
+
+@pytest.mark.slow
+def test_actual_error_variant_predicts_emulated_plan(para, para_feeds):
+    """measure_format_errors: the first-order prediction with each operand's actual rounding error
+    matches the loss change of the torch emulation of a single-layer plan (same samples)."""
+    from onnx_amp.runtime.calibrate import measure_format_errors
+    from onnx_amp.runtime.fakequant import emulate_plan_hooks
+    from onnx_amp.runtime.lossmodel import predicted_mse
+
+    res = calibrate(para, para_feeds, batch_size=6, progress=False)
+    measure_format_errors(para, para_feeds, res, ["bf16", "fp8_e4m3"], batch_size=6, progress=False)
+    AnnotateSensitivityPass(res)(para)
+    tg = TorchGraph(para)
+    feeds = {k: torch.from_numpy(v) for k, v in para_feeds.items()}
+    with torch.no_grad():
+        ref = tg(feeds)["461"]
+        L0 = classification_loss(ref).double()
+    st = res.layers["L1"]
+    assert set(st.extra) == {"a", "w"} and set(st.extra["w"]) == {"bf16", "fp8_e4m3"}
+    for fmt in ("bf16", "fp8_e4m3"):
+        for n in para.graph:
+            if A.LAYER in n.metadata_props:
+                n.metadata_props[A.PRECISION] = A.format_precision(fmt, "fp32") if n.name == st.node else "w=fp32,a=fp32"
+        op_hook, out_hook = emulate_plan_hooks(para)
+        with torch.no_grad():
+            L = classification_loss(tg(feeds, operand_hook=op_hook, output_hook=out_hook)["461"], ref.argmax(-1)).double()
+        measured = float(((L - L0) ** 2).mean())
+        assert st.extra["w"][fmt] == pytest.approx(measured, rel=0.2), fmt
+        assert predicted_mse(st, fmt, "fp32") == pytest.approx(st.extra["w"][fmt] + st.operand_terms(fmt, "fp32")["a"])
+    for n in para.graph:
+        n.metadata_props.pop(A.PRECISION, None)
