@@ -198,6 +198,7 @@ def optimize(
     measure: bool | None = None,
     profile_seq_len: int | None = None,
     profile_repeats: int = 10,
+    roofline_batch: int = 64,
     max_configs: int = 64,
     pareto: bool = True,
     gaudi: bool = True,
@@ -216,10 +217,11 @@ def optimize(
     samples for validation come from ``validation_data`` or, when absent, from the end of the
     calibration data (``validation_samples``, default a quarter, at most 16). The bound on the
     plan: ``tau`` (predicted loss MSE), ``tau_relative`` (fraction of the all-low plan's predicted
-    MSE; default ``DEFAULT_TAU_RELATIVE`` = 0.002 when nothing is given) or ``accuracy_drop`` (allowed relative worsening of the
+    MSE; default ``DEFAULT_TAU_RELATIVE`` = 0.002 when nothing is given, raised to twice the all-high plan's
+    predicted MSE when that is larger) or ``accuracy_drop`` (allowed relative worsening of the
     task metric, e.g. 0.01 = 1 %, found by bisection over tau with ORT evaluations).
-    ``measure``: time region configurations with ORT (default: when the target's measured backend
-    is this CPU); otherwise roofline time.
+    ``measure``: time region configurations with ORT at batch 1 (default: when the target's measured
+    backend is this CPU); otherwise roofline time at batch ``roofline_batch`` (default 64).
     """
     from tqdm.auto import tqdm
 
@@ -239,7 +241,8 @@ def optimize(
     given = [x is not None for x in (tau, tau_relative, accuracy_drop)]
     if sum(given) > 1:
         raise OnnxAmpError("give at most one of tau, tau_relative, accuracy_drop")
-    if not any(given):
+    default_tau = not any(given)
+    if default_tau:
         tau_relative = DEFAULT_TAU_RELATIVE
     for nm, v in (("tau", tau), ("tau_relative", tau_relative), ("accuracy_drop", accuracy_drop)):
         if v is not None and not (v >= 0 and math.isfinite(v)):
@@ -379,7 +382,12 @@ def optimize(
                                      progress=progress)
                 measured = pres.measured
                 say(f"[onnx-amp] measured: {pres.summary()}")
-            GainsPass(tgt, measured, 1, p_seq, max_configs)(model)
+            if measured is not None:
+                GainsPass(tgt, measured, 1, p_seq, max_configs)(model)
+            else:
+                # roofline at a serving batch: at batch 1 the target's per-boundary cost makes every
+                # low-precision configuration of a small model a loss (nothing would be lowered)
+                GainsPass(tgt, None, roofline_batch, p_seq, max_configs)(model)
         if keep_intermediate:
             files["gains"] = save_model(model, tmp / f"{name}.gains.onnx")
         # --- 5. solve
@@ -405,6 +413,11 @@ def optimize(
                 tau_used = sol.tau
             else:
                 tau_used = tau if tau is not None else relative_tau(problem, tau_relative)
+                if default_tau and tau_used < 2 * problem.min_mse():
+                    # e.g. gaudi2: the all-BF16 plan's own MSE exceeds 0.2% of the all-FP8 plan's
+                    notes.append(f"default tau {tau_used:.4g} is below the all-high plan's predicted MSE "
+                                 f"{problem.min_mse():.4g}; using twice that")
+                    tau_used = 2 * problem.min_mse()
                 sol = solve(problem, tau_used, strategy, metric)
             plan = plan_object(sol)
             ApplyPlanPass(plan, target=tgt.name)(model)

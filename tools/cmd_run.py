@@ -45,6 +45,7 @@ def register(subparsers) -> None:
     p.add_argument("--seq_len", type=int, default=None, help="tokens per text window (default 128; smollm2 default run: 64)")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--profile_repeats", type=int, default=10, help="timed rounds per region configuration")
+    p.add_argument("--roofline_batch", type=int, default=64, help="batch size of the roofline gains (unmeasured targets)")
     p.add_argument("--no-measure", dest="measure", action="store_false", default=None,
                    help="roofline time only (no ORT timing of region configurations)")
     p.add_argument("--no-pareto", dest="pareto", action="store_false", help="skip the Pareto sweep")
@@ -65,7 +66,7 @@ def run(args) -> int:
         tau=args.tau, tau_relative=args.tau_relative, accuracy_drop=args.accuracy_drop,
         output_dir=args.output_dir, name=args.name, keep_intermediate=args.keep_intermediate,
         calibration_samples=args.calibration_samples, validation_samples=args.validation_samples,
-        seq_len=seq_len, batch_size=args.batch_size, profile_repeats=args.profile_repeats,
+        seq_len=seq_len, batch_size=args.batch_size, profile_repeats=args.profile_repeats, roofline_batch=args.roofline_batch,
         measure=args.measure, pareto=args.pareto, progress=args.progress,
     )
     print(res.summary())
