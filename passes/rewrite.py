@@ -108,7 +108,7 @@ class RewriteReport:
 
 
 class _Rewriter:
-    def __init__(self, model: ir.Model, form: str, int8_output_q: bool, reduce_range: bool = False):
+    def __init__(self, model: ir.Model, form: str, int8_output_q: bool | str, reduce_range: bool = False):
         self.reduce_range = reduce_range
         self.model = model
         self.graph = model.graph
@@ -304,7 +304,8 @@ class _Rewriter:
         y = layer.outputs[0]
         if compute != ir.DataType.FLOAT:
             self._cast_output(layer, y, compute)
-        elif int8_out and self.form == "emulate" and self.int8_output_q:
+        elif int8_out and self.form == "emulate" and (
+                self.int8_output_q is True or (self.int8_output_q == "conv" and layer.op_type in ("Conv", "ConvTranspose"))):
             if AMAX_Y in props:
                 self._output_qdq(layer, y, float(props[AMAX_Y]))
             else:
@@ -441,14 +442,22 @@ class RewritePass(ir.passes.FunctionalPass):
     ``int8_output_q``: in the emulate form, add the INT8 output ``Q -> DQ`` when the layer has
     ``onnx_amp.amax.y`` (ORT then fuses to QLinearMatMul/QLinearConv; without it, to
     MatMulIntegerToFloat). Off by default: it adds output rounding the loss model does not predict.
+    ``int8_output_q="conv"``: only on Conv/ConvTranspose layers (the CPU target's lowering,
+    ``ORT_CPU_LOWERING``: ORT fuses INT8 MatMul without the output Q, INT8 Conv only with it).
+    ``ort_int8_layout``: INT8 activation Q/DQ stored as UINT8 (zero point 128, the same numbers) and one
+    DequantizeLinear per consumer, the layout ORT's x86 INT8 fusions want (see ``activations_to_uint8``).
     ``reduce_range``: INT8 weights in [-63, 63] (scale amax_c/63), ORT's ``reduce_range``: needed for
     the *fused* integer kernels to compute the Q/DQ result exactly on x86 CPUs without VNNI (int16
     saturation of u8*s8 pairs); see ``runtime.ort_session.make_session(exact_qdq=...)``. The report of the last call
     is ``self.report`` (also stored as the model key ``onnx_amp.rewrite``).
     """
 
-    def __init__(self, form: str = "emulate", int8_output_q: bool = False, reduce_range: bool = False):
+    def __init__(self, form: str = "emulate", int8_output_q: bool | str = False, reduce_range: bool = False,
+                 ort_int8_layout: bool = False):
         super().__init__()
+        if int8_output_q not in (True, False, "conv"):
+            raise OnnxAmpError(f"int8_output_q must be True, False or 'conv', not {int8_output_q!r}")
+        self.ort_int8_layout = ort_int8_layout
         self.reduce_range = reduce_range
         if form not in FORMS:
             raise OnnxAmpError(f"unknown rewrite form {form!r}; use one of {', '.join(FORMS)}")
@@ -494,16 +503,83 @@ class RewritePass(ir.passes.FunctionalPass):
         for node in [n for n in out.graph if A.LAYER in n.metadata_props and INSERTED_BY not in n.metadata_props]:
             rw.rewrite_layer(node)
         rw.drop_dead_weights()
+        if self.ort_int8_layout and self.form == "emulate":
+            activations_to_uint8(out)
+            dedicate_dq(out)
         self.report = rw.report
         A.set_json(out, REWRITE, rw.report.to_json())
         return ir.passes.PassResult(out, True)
 
 
-def rewrite(model: ir.Model, form: str = "emulate", int8_output_q: bool = False,
-            reduce_range: bool = False) -> tuple[ir.Model, RewriteReport]:
-    p = RewritePass(form, int8_output_q, reduce_range)
+def rewrite(model: ir.Model, form: str = "emulate", int8_output_q: bool | str = False,
+            reduce_range: bool = False, ort_int8_layout: bool = False) -> tuple[ir.Model, RewriteReport]:
+    p = RewritePass(form, int8_output_q, reduce_range, ort_int8_layout)
     out = p(model).model
     return out, p.report
+
+
+#: the lowering options of the ``cpu`` target (ONNX Runtime's CPU provider): what ``runtime.profile``
+#: times and what the pipeline ships, so measured gains hold for the shipped model
+ORT_CPU_LOWERING = {"int8_output_q": "conv", "ort_int8_layout": True}
+
+
+def activations_to_uint8(model: ir.Model) -> int:
+    """INT8 activation Q/DQ pairs -> UINT8 with zero point + 128 (the same numbers: q_u8 = q_s8 + 128),
+    what ORT's QDQS8ToU8Transformer does on x86. Doing it here keeps ORT's INT8 fusions (u8 activations
+    x s8 weights) while avoiding that transformer's failure on opset-21 activation-activation
+    MatMuls. Weights stay int8. In place; returns the number of Q nodes converted."""
+    n = 0
+    for q in [x for x in model.graph if x.op_type == "QuantizeLinear" and len(x.inputs) >= 3]:
+        zp = q.inputs[2]
+        if zp is None or zp.const_value is None or zp.const_value.dtype != ir.DataType.INT8:
+            continue
+        if q.inputs[0] is not None and q.inputs[0].const_value is not None:
+            continue  # a constant: leave it
+        if "output_dtype" in q.attributes:
+            continue
+        consumers = list(q.outputs[0].uses())
+        if not consumers or not all(c.op_type == "DequantizeLinear" for c, _ in consumers):
+            continue
+        zp_u8 = (zp.const_value.numpy().astype(np.int16) + 128).astype(np.uint8)
+        name = f"{q.outputs[0].name}/zp_u8"
+        v = ir.Value(name=name, shape=ir.Shape(zp_u8.shape), type=ir.TensorType(ir.DataType.UINT8),
+                     const_value=ir.Tensor(zp_u8, name=name))
+        model.graph.register_initializer(v)
+        q.replace_input_with(2, v)
+        q.outputs[0].dtype = ir.DataType.UINT8
+        for c, _ in consumers:
+            if len(c.inputs) >= 3 and c.inputs[2] is zp:
+                c.replace_input_with(2, v)
+        n += 1
+    return n
+
+
+def dedicate_dq(model: ir.Model) -> int:
+    """One DequantizeLinear per consumer (the Q stays shared), as ORT's quantizer lays out QDQ
+    (``DedicatedQDQPair``): ORT fuses ``DQ -> MatMul`` into QLinearMatMul / MatMulIntegerToFloat only
+    when the DQ has a single consumer; a DQ shared by q/k/v or gate/up leaves all but one MatMul
+    unfused, with a per-channel weight DQ run on every call. In place; returns DQ nodes added."""
+    added = 0
+    for dq in [n for n in model.graph if n.op_type == "DequantizeLinear"]:
+        y = dq.outputs[0]
+        if y.is_graph_output():
+            continue
+        uses = list(y.uses())
+        if len(uses) < 2:
+            continue
+        src = dq.inputs[0].producer() if dq.inputs[0] is not None else None
+        if src is None or src.op_type != "QuantizeLinear":
+            continue  # weight DQs are per consumer already
+        for i, (consumer, idx) in enumerate(uses[1:]):
+            new = ir.Node(dq.domain, "DequantizeLinear", list(dq.inputs),
+                          attributes=list(dq.attributes.values()), name=f"{dq.name}/dedicated{i}",
+                          metadata_props=dict(dq.metadata_props), num_outputs=1)
+            new.outputs[0].name = f"{y.name}/dedicated{i}"
+            new.outputs[0].dtype, new.outputs[0].shape = y.dtype, y.shape
+            model.graph.insert_after(dq, new)
+            consumer.replace_input_with(idx, new.outputs[0])
+            added += 1
+    return added
 
 
 def check_model(model: ir.Model | str | os.PathLike, full_check: bool = True) -> None:

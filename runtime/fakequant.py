@@ -192,6 +192,8 @@ def emulate_plan_output_hook(model, int8_output_q: bool = True):
         if s is None or not int8_output_q:
             continue
         is_int8 = s["a"].name == "int8" and (s["kind"] == "act_act" or s["w"].name == "int8")
+        if int8_output_q == "conv" and node.op_type not in ("Conv", "ConvTranspose"):
+            continue
         if is_int8 and "onnx_amp.amax.y" in node.metadata_props:
             amax_y[node.name] = float(node.metadata_props["onnx_amp.amax.y"])
 

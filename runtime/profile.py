@@ -284,76 +284,19 @@ def time_paired(runners: Sequence[Callable[[], Any]], warmup: int = 2, repeats: 
 # lowering a configuration
 # ---------------------------------------------------------------------------------------------
 
-INT8_OUTPUT_Q = True  # ORT fuses INT8 Conv only as DQ -> Conv -> Q (QLinearConv); MatMul -> QLinearMatMul
+# The CPU target's INT8 lowering, shared with the model the pipeline ships (passes.rewrite.ORT_CPU_LOWERING):
+# output Q on Conv only (ORT fuses INT8 Conv only as DQ -> Conv -> Q, QLinearConv; MatMul fuses to
+# MatMulIntegerToFloat without it, as fast and without the extra output rounding), u8 activations,
+# one DQ per consumer.
+from onnx_amp.passes.rewrite import ORT_CPU_LOWERING, activations_to_uint8, dedicate_dq  # noqa: E402,F401
+
+INT8_OUTPUT_Q = ORT_CPU_LOWERING["int8_output_q"]
 
 
-def _rewrite(model: ir.Model, int8_output_q: bool = INT8_OUTPUT_Q) -> ir.Model:
+def _rewrite(model: ir.Model, int8_output_q: bool | str = INT8_OUTPUT_Q) -> ir.Model:
     from onnx_amp.passes.rewrite import RewritePass
 
-    res = RewritePass(form="emulate", int8_output_q=int8_output_q)(model)
-    out = res.model
-    activations_to_uint8(out)
-    dedicate_dq(out)
-    return out
-
-
-def activations_to_uint8(model: ir.Model) -> int:
-    """INT8 activation Q/DQ pairs -> UINT8 with zero point + 128 (the same numbers: q_u8 = q_s8 + 128),
-    what ORT's QDQS8ToU8Transformer does on x86. Doing it here keeps ORT's INT8 fusions (u8 activations
-    x s8 weights) while avoiding that transformer's failure on opset-21 activation-activation
-    MatMuls. Weights stay int8. In place; returns the number of Q nodes converted."""
-    n = 0
-    for q in [x for x in model.graph if x.op_type == "QuantizeLinear" and len(x.inputs) >= 3]:
-        zp = q.inputs[2]
-        if zp is None or zp.const_value is None or zp.const_value.dtype != ir.DataType.INT8:
-            continue
-        if q.inputs[0] is not None and q.inputs[0].const_value is not None:
-            continue  # a constant: leave it
-        if "output_dtype" in q.attributes:
-            continue
-        consumers = list(q.outputs[0].uses())
-        if not consumers or not all(c.op_type == "DequantizeLinear" for c, _ in consumers):
-            continue
-        zp_u8 = (zp.const_value.numpy().astype(np.int16) + 128).astype(np.uint8)
-        name = f"{q.outputs[0].name}/zp_u8"
-        v = ir.Value(name=name, shape=ir.Shape(zp_u8.shape), type=ir.TensorType(ir.DataType.UINT8),
-                     const_value=ir.Tensor(zp_u8, name=name))
-        model.graph.register_initializer(v)
-        q.replace_input_with(2, v)
-        q.outputs[0].dtype = ir.DataType.UINT8
-        for c, _ in consumers:
-            if len(c.inputs) >= 3 and c.inputs[2] is zp:
-                c.replace_input_with(2, v)
-        n += 1
-    return n
-
-
-def dedicate_dq(model: ir.Model) -> int:
-    """One DequantizeLinear per consumer (the Q stays shared), as ORT's quantizer lays out QDQ
-    (``DedicatedQDQPair``): ORT fuses ``DQ -> MatMul`` into QLinearMatMul / MatMulIntegerToFloat only
-    when the DQ has a single consumer; a DQ shared by q/k/v or gate/up leaves all but one MatMul
-    unfused, with a per-channel weight DQ run on every call. In place; returns DQ nodes added."""
-    added = 0
-    for dq in [n for n in model.graph if n.op_type == "DequantizeLinear"]:
-        y = dq.outputs[0]
-        if y.is_graph_output():
-            continue
-        uses = list(y.uses())
-        if len(uses) < 2:
-            continue
-        src = dq.inputs[0].producer() if dq.inputs[0] is not None else None
-        if src is None or src.op_type != "QuantizeLinear":
-            continue  # weight DQs are per consumer already
-        for i, (consumer, idx) in enumerate(uses[1:]):
-            new = ir.Node(dq.domain, "DequantizeLinear", list(dq.inputs),
-                          attributes=list(dq.attributes.values()), name=f"{dq.name}/dedicated{i}",
-                          metadata_props=dict(dq.metadata_props), num_outputs=1)
-            new.outputs[0].name = f"{y.name}/dedicated{i}"
-            new.outputs[0].dtype, new.outputs[0].shape = y.dtype, y.shape
-            model.graph.insert_after(dq, new)
-            consumer.replace_input_with(idx, new.outputs[0])
-            added += 1
-    return added
+    return RewritePass(form="emulate", int8_output_q=int8_output_q, ort_int8_layout=True)(model).model
 
 
 def annotate_amax_from_run(model: ir.Model, values: dict[str, np.ndarray], overwrite: bool = False) -> int:
@@ -455,7 +398,7 @@ def fold_weight_constants(model: ir.Model) -> int:
 
 
 def lower_config(region_model: ir.Model, config: Config, target: Target,
-                 int8_output_q: bool = INT8_OUTPUT_Q) -> ir.Model:
+                 int8_output_q: bool | str = INT8_OUTPUT_Q) -> ir.Model:
     """Apply a configuration (units -> (w, a)) to an extracted region and lower it (emulate form)."""
     from onnx_amp.passes.plan import ApplyPlanPass, Plan
 
@@ -493,7 +436,7 @@ def profile_model(model: ir.Model, target: Target | str = "cpu", *, feeds: dict[
                   batch_size: int = 1, seq_len: int = 32, warmup: int = 2, repeats: int = 10,
                   max_configs: int = 64, regions: Sequence[str] | None = None, threads: int | None = None,
                   min_round_s: float = 0.002, progress: bool = True, share: bool = True,
-                  seed: int = 0, int8_output_q: bool = INT8_OUTPUT_Q) -> ProfileResult:
+                  seed: int = 0, int8_output_q: bool | str = INT8_OUTPUT_Q) -> ProfileResult:
     """Measure every region configuration of a partitioned model with ORT on this CPU.
 
     ``model`` must carry the partition annotations (``PartitionPass``); it is not modified.

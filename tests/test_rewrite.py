@@ -270,6 +270,31 @@ def test_int8_output_q_layout(calibrated):
     assert sum(n.op_type == "QuantizeLinear" for n in out2.graph) < sum(n.op_type == "QuantizeLinear" for n in out.graph)
 
 
+def test_cpu_target_lowering_conv_output_q_and_u8_layout(calibrated):
+    """ORT_CPU_LOWERING (what the profiler times and the pipeline ships for the cpu target): output Q on
+    Conv only, u8 activations with one DQ per consumer; same numbers as the plain int8 emulation."""
+    from onnx_amp.passes.rewrite import ORT_CPU_LOWERING
+
+    m = _planned(calibrated, "int8")
+    out = RewritePass("emulate", **ORT_CPU_LOWERING)(m).model
+    check_model(out)
+    by_name = {n.name: n for n in out.graph}
+    conv_uses = by_name["conv"].outputs[0].uses()
+    assert len(conv_uses) == 1 and conv_uses[0].node.op_type == "QuantizeLinear"
+    assert all(u.node.op_type != "QuantizeLinear" for u in by_name["o_proj"].outputs[0].uses())
+    act_q = [n for n in out.graph if n.op_type == "QuantizeLinear" and n.inputs[0].const_value is None]
+    assert act_q and all(n.outputs[0].dtype == ir.DataType.UINT8 for n in act_q)
+    for dq in (n for n in out.graph if n.op_type == "DequantizeLinear"):
+        assert len(dq.outputs[0].uses()) <= 1, dq.name
+    feeds = _feeds(7)
+    y = run(make_session(out, exact_qdq=True), feeds)
+    y_t, floor = _flip_floor(m, feeds, FQ.emulate_plan_hooks(m, int8_output_q="conv"))
+    for k in ("yg", "yc"):
+        assert np.abs(y[k] - y_t[k].numpy()).max() <= max(3 * floor[k], 1e-4), k
+    with pytest.raises(OnnxAmpError):
+        RewritePass("emulate", int8_output_q="matmul")
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_deploy_form_passes_checker(calibrated, fmt):
     out = RewritePass("deploy")(_planned(calibrated, fmt)).model

@@ -36,6 +36,8 @@ def register(subparsers) -> None:
     g.add_argument("--tau_relative", type=float, help="bound as a fraction of the all-low plan's predicted MSE (default 0.002)")
     g.add_argument("--accuracy_drop", type=float,
                    help="allowed relative worsening of the task metric (e.g. 0.01), found by bisection over tau")
+    p.add_argument("--loss_model", choices=("measured", "ideal"), default="measured",
+                   help="predicted loss MSE from each tensor's actual rounding error (default) or the ideal alpha noise model")
     p.add_argument("--keep-intermediate", "--keep_intermediate", dest="keep_intermediate", action="store_true",
                    help="also write each stage's ONNX (.partitioned/.calibrated/.gains/.planned.onnx)")
     p.add_argument("-o", "--output_dir", metavar="DIR", help="output folder (default: beside the input)")
@@ -67,7 +69,7 @@ def run(args) -> int:
         output_dir=args.output_dir, name=args.name, keep_intermediate=args.keep_intermediate,
         calibration_samples=args.calibration_samples, validation_samples=args.validation_samples,
         seq_len=seq_len, batch_size=args.batch_size, profile_repeats=args.profile_repeats, roofline_batch=args.roofline_batch,
-        measure=args.measure, pareto=args.pareto, progress=args.progress,
+        loss_model=args.loss_model, measure=args.measure, pareto=args.pareto, progress=args.progress,
     )
     print(res.summary())
     for n in res.notes:
