@@ -33,9 +33,9 @@ def register(subparsers) -> None:
     p.add_argument("--metric", default="time", help="time (default), tt (roofline) or memory")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--tau", type=float, help="bound on the predicted loss MSE (absolute)")
-    g.add_argument("--tau_relative", type=float, help="bound as a fraction of the all-low plan's predicted MSE (default 0.002)")
+    g.add_argument("--tau_relative", type=float, help="bound as a fraction of the all-low plan's predicted MSE")
     g.add_argument("--accuracy_drop", type=float,
-                   help="allowed relative worsening of the task metric (e.g. 0.01), found by bisection over tau")
+                   help="allowed relative worsening of the task metric (default 0.01 = 1%%), found by bisection over tau with ORT evaluations")
     p.add_argument("--loss_model", choices=("measured", "ideal"), default="measured",
                    help="predicted loss MSE from each tensor's actual rounding error (default) or the ideal alpha noise model")
     p.add_argument("--keep-intermediate", "--keep_intermediate", dest="keep_intermediate", action="store_true",
