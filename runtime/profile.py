@@ -349,25 +349,11 @@ def _type_io(model: ir.Model, values: dict[str, np.ndarray]) -> None:
 
 
 def _const_array(v: ir.Value | None) -> np.ndarray | None:
-    """Value of a constant (initializer, Constant node, or a chain of simple ops on one)."""
-    if v is None:
-        return None
-    if v.const_value is not None:
-        return v.const_value.numpy()
-    p = v.producer()
-    if p is None:
-        return None
-    if p.op_type == "Constant" and "value" in p.attributes:
-        return p.attributes["value"].as_tensor().numpy()
-    if p.op_type == "Transpose":
-        x = _const_array(p.inputs[0])
-        if x is not None:
-            perm = p.attributes.get_ints("perm", None)
-            return np.transpose(x, perm)
-    if p.op_type in ("Cast", "Identity"):
-        x = _const_array(p.inputs[0])
-        return x.astype(np.float32) if x is not None else None
-    return None
+    """Value of a constant (initializer, Constant node, or a chain of simple ops on one): the
+    rewrite's own folding, so the profiler and the rewrite agree on what is a weight."""
+    from onnx_amp.passes.rewrite import _const_array as fold
+
+    return None if v is None else fold(v)
 
 
 def fold_weight_constants(model: ir.Model) -> int:
