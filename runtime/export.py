@@ -32,7 +32,7 @@ import onnx_ir as ir
 import torch
 from torch import nn
 
-from onnx_amp.runtime.onnx_io import OnnxAmpError, save_model
+from onnx_amp.runtime.onnx_io import OnnxAmpError, check_output_path, save_model
 
 log = logging.getLogger(__name__)
 
@@ -203,12 +203,7 @@ def export_model(source: str | nn.Module, out_path: str | os.PathLike, opset: in
                  output_names: list[str] | None = None, verbose: bool = True) -> Path:
     """Export ``source`` (subject name, HF folder, .gguf, ``module:function``, or an ``nn.Module`` with
     ``example_inputs``) to ``out_path`` (+ ``out_path.data``) atomically; returns the path."""
-    out = Path(out_path)
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise OnnxAmpError(f"{out}: output folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise OnnxAmpError(f"{out}: output folder {parent} is not writable; choose another -o path")
+    out, _ = check_output_path(out_path)
     if opset > MAX_OPSET or opset < 18:
         raise OnnxAmpError(f"--opset {opset}: use an opset between 18 and {MAX_OPSET}")
     t0 = time.perf_counter()

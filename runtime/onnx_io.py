@@ -70,14 +70,21 @@ def _source_files(model: ir.Model) -> set[Path]:
     return files
 
 
-def save_model(model: ir.Model, path: str | os.PathLike, external_data: bool = True) -> Path:
-    """Atomically write ``model`` to ``path`` (weights to ``<name>.data`` beside it when external_data)."""
+def check_output_path(path: str | os.PathLike) -> tuple[Path, Path]:
+    """``(out, parent)`` for an output file, or ``OnnxAmpError`` when its folder is missing or not
+    writable (callers with long work ahead check this first, so they fail before the work)."""
     out = Path(path)
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise OnnxAmpError(f"{out}: output folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise OnnxAmpError(f"{out}: output folder {parent} is not writable; choose another -o path")
+    return out, parent
+
+
+def save_model(model: ir.Model, path: str | os.PathLike, external_data: bool = True) -> Path:
+    """Atomically write ``model`` to ``path`` (weights to ``<name>.data`` beside it when external_data)."""
+    out, parent = check_output_path(path)
     data_name = out.name + ".data"
     sources = _source_files(model)
     if out.resolve() in sources or (parent / data_name).resolve() in sources:
