@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -32,7 +31,7 @@ import onnx_ir as ir
 
 from onnx_amp.passes import annotations as A
 from onnx_amp.runtime.formats import FORMATS, get_format
-from onnx_amp.runtime.onnx_io import OnnxAmpError
+from onnx_amp.runtime.onnx_io import OnnxAmpError, save_json
 
 PLAN_VERSION = 1
 _KNOWN_KEYS = ("version", "target", "strategy", "tau", "units", "predicted_mse", "predicted_gain")
@@ -128,21 +127,7 @@ class Plan:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Atomic write (temporary file in the same folder, then rename)."""
-        p = Path(path)
-        parent = p.parent if str(p.parent) else Path(".")
-        if not parent.is_dir():
-            raise OnnxAmpError(f"{p}: output folder {parent} does not exist")
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_json(), f, indent=1)
-                f.write("\n")
-            os.replace(tmp, p)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
-        return p
+        return save_json(path, self.to_json())
 
     def canonical(self) -> "Plan":
         """Same plan with format aliases resolved (raises ValueError on unknown names)."""

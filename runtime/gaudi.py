@@ -31,19 +31,16 @@ Example::
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping
 
 import onnx_ir as ir
 
 from onnx_amp.passes import annotations as ann
-from onnx_amp.runtime.onnx_io import OnnxAmpError, load_model
+from onnx_amp.runtime.onnx_io import OnnxAmpError, load_model, save_json
 
 FP8_FORMATS = {"fp8_e4m3": "E4M3", "fp8_e5m2": "E5M2"}
 DEFAULT_ATTENTION_MATMULS = ("matmul_qk", "matmul_av")
@@ -210,25 +207,6 @@ def gaudi_config(model_or_plan, regions: Mapping | None = None, **kwargs: Any) -
     return build_gaudi_config(model_or_plan, regions, **kwargs).config
 
 
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise OnnxAmpError(f"{path}: output folder {parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-    try:
-        os.chmod(tmp, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except Exception as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise OnnxAmpError(f"{path}: could not write ({type(e).__name__}: {e})") from e
-
-
 def write_gaudi_config(
     path: str | os.PathLike,
     model_or_plan,
@@ -241,7 +219,7 @@ def write_gaudi_config(
     to ``measure_path``: same lists, ``mode: MEASURE``, run first on Gaudi to collect amax)."""
     kwargs.pop("mode", None)
     info = build_gaudi_config(model_or_plan, regions, mode="QUANTIZE", **kwargs)
-    _atomic_write_json(Path(path), info.config)
+    save_json(path, info.config, indent=2)
     if measure_path is not None:
-        _atomic_write_json(Path(measure_path), dict(info.config, mode="MEASURE"))
+        save_json(measure_path, dict(info.config, mode="MEASURE"), indent=2)
     return info

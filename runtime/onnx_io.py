@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -80,6 +81,24 @@ def check_output_path(path: str | os.PathLike) -> tuple[Path, Path]:
     if not os.access(parent, os.W_OK):
         raise OnnxAmpError(f"{out}: output folder {parent} is not writable; choose another -o path")
     return out, parent
+
+
+def save_json(path: str | os.PathLike, obj, indent: int = 1) -> Path:
+    """Atomically write ``obj`` as JSON (temporary file beside ``path``, then rename; mode 0644),
+    so a failure never leaves a partial file; failures become ``OnnxAmpError``."""
+    out, parent = check_output_path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent)
+    try:
+        os.chmod(tmp, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=indent)
+            f.write("\n")
+        os.replace(tmp, out)
+    except Exception as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise OnnxAmpError(f"{out}: could not write ({type(e).__name__}: {e})") from e
+    return out
 
 
 def save_model(model: ir.Model, path: str | os.PathLike, external_data: bool = True) -> Path:

@@ -61,6 +61,9 @@ def test_json_round_trip_and_atomic_save(tmp_path, mlp):
     q = Plan.load(f)
     assert q == p
     assert [x.name for x in tmp_path.iterdir()] == ["plan.json"]  # no temp files left
+    assert f.stat().st_mode & 0o777 == 0o644  # readable like any other output, not mkstemp's 0600
+    with pytest.raises(OnnxAmpError, match="output folder"):
+        p.save(tmp_path / "missing" / "plan.json")
     # other spellings of an assignment
     r = Plan.from_json({"version": 1, "units": {"U0": ["fp8", "bf16"], "U1": "int8", "U2": {"weight": "e5m2"}}})
     assert r.units == {"U0": ("fp8", "bf16"), "U1": ("int8", "int8"), "U2": ("e5m2", "e5m2")}

@@ -7,13 +7,11 @@ OUT.onnx.data) atomically; IN is never modified.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
-from onnx_amp.runtime.onnx_io import OnnxAmpError
+from onnx_amp.runtime.onnx_io import OnnxAmpError, save_json
 
 
 def register(subparsers) -> None:
@@ -39,19 +37,6 @@ def _check_output(out: Path, what: str) -> None:
         raise OnnxAmpError(f"{out}: is a directory; give a file path")
 
 
-def _write_json_atomic(path: Path, data) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def run(args) -> int:
     from onnx_amp.passes.partition import PartitionPass, partition_summary
     from onnx_amp.passes.annotations import REGIONS, get_json
@@ -71,7 +56,7 @@ def run(args) -> int:
     save_model(model, out)
     if args.json:
         try:
-            _write_json_atomic(Path(args.json), get_json(model, REGIONS))
+            save_json(args.json, get_json(model, REGIONS))
         except OSError as e:
             for f in (out, out.with_name(out.name + ".data")):
                 f.unlink(missing_ok=True)
