@@ -508,7 +508,7 @@ def _ratio_order(problem: Problem, metric: str, sens: dict[str, float]) -> list[
             return (1, -g, s, problem.unit_order.index(u))  # no gain: last, least harmful first
         return (0, s / g, 0.0, problem.unit_order.index(u))
 
-    return sorted(problem.unit_order, key=key)
+    return sorted(sens, key=key)  # the units given sensitivities
 
 
 def solve_greedy(problem: Problem, tau: float, metric: str = "time", skip_no_gain: bool = True) -> list[int]:
@@ -533,11 +533,12 @@ def pareto_front_greedy(
 ) -> tuple[list[str], list[list[int]]]:
     """AIMET-AMP phase 1+2: per-unit sensitivity (``measure_unit(u)``: loss increase with only u lowered;
     predicted MSE by default), units sorted by sensitivity per gain, cumulative front (k first units)."""
+    useful = [u for u in problem.unit_order if problem.unit_delta(u, metric)[0] > 0]  # others never lowered
     if measure_unit is None:
-        sens = {u: problem.unit_delta(u, metric)[1] for u in problem.unit_order}
+        sens = {u: problem.unit_delta(u, metric)[1] for u in useful}
     else:
-        sens = {u: float(measure_unit(u)) for u in problem.unit_order}
-    order = [u for u in _ratio_order(problem, metric, sens) if problem.unit_delta(u, metric)[0] > 0]
+        sens = {u: float(measure_unit(u)) for u in useful}
+    order = _ratio_order(problem, metric, sens)
     front = [problem.select_lowered(order[:k]) for k in range(len(order) + 1)]
     return order, front
 

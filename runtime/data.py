@@ -268,15 +268,16 @@ def text_windows(path: str | os.PathLike, tokenizer: Any, seq_len: int, specs: l
 
 
 def load_calibration_data(data: Any, model: ir.Model, tokenizer: Any = None, seq_len: int = 128,
-                          max_samples: int | None = None) -> CalibrationData:
-    """Turn ``data`` (see module docstring) into validated :class:`CalibrationData` for ``model``."""
+                          max_samples: int | None = None, flag: str = "--calibration_data") -> CalibrationData:
+    """Turn ``data`` (see module docstring) into validated :class:`CalibrationData` for ``model``
+    (``flag``: the option named in error messages)."""
     if isinstance(data, CalibrationData):
         return data
     specs = input_specs(model)
     if isinstance(data, (str, os.PathLike)):
         p = Path(data)
         if not p.exists():
-            raise OnnxAmpError(f"--calibration_data {p}: no such file")
+            raise OnnxAmpError(f"{flag} {p}: no such file")
         if p.suffix == ".npz":
             try:
                 with np.load(p, allow_pickle=False) as z:
@@ -290,7 +291,7 @@ def load_calibration_data(data: Any, model: ir.Model, tokenizer: Any = None, seq
         if p.suffix in (".txt", ".text", ".md", ".cor") or p.suffix == "":
             block = text_windows(p, tokenizer, seq_len, specs, max_samples)
             return CalibrationData([validate_block(block, specs, str(p), batched=True)], str(p), {"seq_len": seq_len})
-        raise OnnxAmpError(f"--calibration_data {p}: unknown kind {p.suffix!r}; give an .npz keyed by input name or a .txt with --tokenizer")
+        raise OnnxAmpError(f"{flag} {p}: unknown kind {p.suffix!r}; give an .npz keyed by input name or a .txt with --tokenizer")
     if isinstance(data, dict):
         b = validate_block(data, specs, "calibration data dict", batched=True)
         if max_samples is not None:

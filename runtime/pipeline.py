@@ -36,7 +36,6 @@ anything is saved::
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import shutil
@@ -44,7 +43,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -139,46 +138,6 @@ def _concat_data(cd) -> dict[str, np.ndarray]:
                            f"calibration and held-out sets ({e}); pass validation_data explicitly") from None
 
 
-def _task_metric(spec, ref_out: list, plan_out: list, ref_losses: list, plan_losses: list, batches: list[dict]):
-    """perplexity (causal LM), accuracy (labels), or top-1 agreement with the high-precision model."""
-    import torch
-
-    lr = torch.cat(ref_losses).double()
-    lp = torch.cat(plan_losses).double()
-    if spec.name == "causal_lm":
-        return {"name": "perplexity", "before": float(torch.exp(lr.mean())), "after": float(torch.exp(lp.mean())),
-                "higher_is_better": False}
-    pr = torch.cat([o.reshape(o.shape[0], -1).argmax(-1) for o in ref_out])
-    pp = torch.cat([o.reshape(o.shape[0], -1).argmax(-1) for o in plan_out])
-    if all("labels" in b for b in batches) and spec.name == "classification":
-        lab = torch.cat([torch.as_tensor(np.asarray(b["labels"])).reshape(-1) for b in batches])
-        return {"name": "accuracy", "before": float((pr == lab).double().mean()),
-                "after": float((pp == lab).double().mean()), "higher_is_better": True}
-    return {"name": "top-1 agreement with high precision", "before": 1.0,
-            "after": float((pr == pp).double().mean()), "higher_is_better": True}
-
-
-def _evaluate(ref_model: ir.Model, plan_model: ir.Model, batches: list[dict], loss, progress: bool):
-    """(measured loss MSE, task metric dict) of ``plan_model`` against ``ref_model`` on ``batches``."""
-    from onnx_amp.runtime.losses import resolve_loss
-    from onnx_amp.runtime.ort_session import make_session, per_sample_losses
-
-    spec = resolve_loss(loss, ref_model)
-    rs = make_session(ref_model, exact_qdq=True)
-    ps = make_session(plan_model, exact_qdq=True)
-    r_l, r_o = per_sample_losses(rs, batches, spec)
-    p_l, p_o = per_sample_losses(ps, batches, spec, reference=r_o if spec.name == "classification" else None)
-    if spec.name == "classification" and not all("labels" in b for b in batches):
-        # unlabeled: score the reference against its own prediction too
-        r_l, _ = per_sample_losses(rs, batches, spec, reference=r_o)
-    import torch
-
-    d = (torch.cat(p_l) - torch.cat(r_l)).double()
-    if not torch.isfinite(d).all():
-        raise OnnxAmpError("non-finite per-sample loss on the held-out samples; check the data and the plan's formats")
-    return float((d ** 2).mean()), _task_metric(spec, r_o, p_o, r_l, p_l, batches)
-
-
 def optimize(
     source: str | os.PathLike | ir.Model,
     *,
@@ -231,7 +190,6 @@ def optimize(
     ``measure``: time region configurations with ORT at batch 1 (default: when the target's measured
     backend is this CPU); otherwise roofline time at batch ``roofline_batch`` (default 64).
     """
-    from tqdm.auto import tqdm
 
     from onnx_amp.passes.gains import GainsPass
     from onnx_amp.passes.partition import PartitionPass
@@ -243,6 +201,7 @@ def optimize(
     )
     from onnx_amp.runtime.calibrate import calibrate, measure_format_errors
     from onnx_amp.runtime.data import load_calibration_data
+    from onnx_amp.runtime.evaluate import MEASURED_STRATEGIES, PlanEvaluator, evaluate_models
     from onnx_amp.runtime.gaudi import write_gaudi_config
     from onnx_amp.runtime.targets import load_target
 
@@ -413,26 +372,21 @@ def optimize(
         with stage("solve"):
             problem = problem_from_model(model)
             bisection = None
+            solve_kw: dict = {}
+            if accuracy_drop is not None or strategy.lower().replace("_", "-") in MEASURED_STRATEGIES:
+                # real ORT evaluations on the held-out samples: the accuracy bound's bisection, and
+                # the measured unit sensitivities (pareto-greedy) / pair terms (ip-pairs)
+                evaluator = PlanEvaluator(model, _batches(val, batch_size), loss, tgt)
+                solve_kw = evaluator.strategy_kwargs(problem, strategy)
             if accuracy_drop is not None:
-                val_batches = _batches(val, batch_size)
-
-                def evaluate(plan_dict: dict) -> float:
-                    ApplyPlanPass(Plan.from_json(plan_dict), target=tgt.name)(model)
-                    amp_m, _ = rewrite(model, "emulate", **lowering)
-                    _, task_m = _evaluate(model, amp_m, val_batches, loss, False)
-                    evaluate.higher = task_m["higher_is_better"]
-                    return task_m["after"]
-
-                evaluate.higher = True
-                # learn the metric's direction from the all-high plan, then bisect
-                base = evaluate({"version": 1, "units": {}})
-                sol, bisection = bisect_tau(problem, evaluate, accuracy_drop, relative=True,
-                                            higher_is_better=evaluate.higher, baseline=base,
-                                            strategy=strategy, metric=metric)
+                ref_metric = evaluator.reference_metric
+                sol, bisection = bisect_tau(problem, lambda plan_dict: evaluator.evaluate(plan_dict["units"])["metric"]["after"],
+                                            accuracy_drop, relative=True, higher_is_better=ref_metric["higher_is_better"],
+                                            baseline=ref_metric["before"], strategy=strategy, metric=metric, **solve_kw)
                 tau_used = sol.tau
             else:
                 tau_used = tau if tau is not None else relative_tau(problem, tau_relative)
-                sol = solve(problem, tau_used, strategy, metric)
+                sol = solve(problem, tau_used, strategy, metric, **solve_kw)
             plan = plan_object(sol)
             ApplyPlanPass(plan, target=tgt.name)(model)
             if not sol.feasible:
@@ -463,7 +417,7 @@ def optimize(
         # --- 7. validate
         with stage("validate"):
             val_batches = _batches(val, batch_size)
-            mse, task = _evaluate(model, amp, val_batches, loss, progress)
+            mse, task = evaluate_models(model, amp, val_batches, loss)
             t_ref = t_amp = gain_meas = None
             try:
                 from onnx_amp.runtime.profile import time_model

@@ -271,3 +271,30 @@ def test_actual_error_variant_predicts_emulated_plan(para, para_feeds):
         assert predicted_mse(st, fmt, "fp32") == pytest.approx(st.extra["w"][fmt] + st.operand_terms(fmt, "fp32")["a"])
     for n in para.graph:
         n.metadata_props.pop(A.PRECISION, None)
+
+
+def test_cli_calibrate_loss_models(paraphrase_onnx, para_feeds, tmp_path, capsys):
+    """``onnx-amp calibrate``: the measured loss model (default) writes each operand's actual rounding
+    error for the target's low formats; ``--loss_model ideal`` does not; a bad format is a clean error."""
+    from onnx_amp.tools.cli import main
+
+    np.savez(tmp_path / "calib.npz", **para_feeds)
+    out_m, out_i = tmp_path / "m.onnx", tmp_path / "i.onnx"
+    args = [str(paraphrase_onnx), "--calibration_data", str(tmp_path / "calib.npz"), "--batch_size", "3", "--no_progress"]
+    assert main(["calibrate", *args, "--target", "gaudi2", "-o", str(out_m)]) == 0
+    assert "fp8_e4m3" in capsys.readouterr().out
+    assert main(["calibrate", *args, "--loss_model", "ideal", "-o", str(out_i)]) == 0
+    measured, ideal = layer_stats_from_model(load_model(out_m)), layer_stats_from_model(load_model(out_i))
+    assert set(measured) == set(ideal) and measured
+    for lid, st in measured.items():
+        assert set(st.extra) >= ({"a", "w"} if st.kind == "weight" else {"a", "b"}), lid
+        assert all(set(v) == {"fp8_e4m3"} for v in st.extra.values()), lid
+        assert not ideal[lid].extra
+        assert st.s_a == pytest.approx(ideal[lid].s_a, rel=1e-6)  # same first pass
+    from onnx_amp.runtime.lossmodel import predicted_mse
+
+    lid = next(iter(measured))
+    assert predicted_mse(measured[lid], "fp8_e4m3", "fp8_e4m3") != pytest.approx(
+        predicted_mse(ideal[lid], "fp8_e4m3", "fp8_e4m3"), rel=1e-3)
+    assert main(["calibrate", *args, "--formats", "int7", "-o", str(tmp_path / "x.onnx")]) == 2
+    assert "int7" in capsys.readouterr().err and not (tmp_path / "x.onnx").exists()

@@ -170,3 +170,15 @@ def test_accuracy_drop_bisection(tmp_path):
     assert res.task["after"] >= 0.95 - 1e-9  # within the allowed drop on the held-out samples
     assert res.tau > 0 and (tmp_path / "tiny.amp.onnx").exists()
     assert len(res.plan["units"]) >= 1  # memory gain: the bisection did lower something
+
+
+@pytest.mark.parametrize("strategy", ["pareto-greedy", "ip-pairs"])
+def test_measured_strategies_in_the_pipeline(tmp_path, strategy):
+    """Strategies that measure their inputs (per-unit loss, pair terms) run inside ``optimize``."""
+    from onnx_amp.runtime.pipeline import optimize
+
+    res = optimize(_export_tiny(), calibration_data=_data(40), validation_samples=16, accuracy_drop=0.05,
+                   strategy=strategy, target="cpu", metric="memory", measure=False, pareto=False,
+                   output_dir=tmp_path, name="tiny", progress=False, verbose=False, report=False)
+    assert res.plan["strategy"] == strategy and len(res.plan["units"]) >= 1
+    assert res.task["after"] >= 0.95 - 1e-9

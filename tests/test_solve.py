@@ -314,3 +314,74 @@ def test_tiny_tau_with_huge_losses_solves():
             sol = solve(p, tau, "ip", solver_name=solver)
             assert sol.feasible
             assert sol.gain >= solve(p, tau, "greedy").gain - 1e-9
+
+
+@pytest.fixture(scope="module")
+def minilm_eval(tmp_path_factory):
+    from onnx_amp.runtime.subjects import minilm_batch
+
+    b = minilm_batch(6, "eval", max_len=32)
+    path = tmp_path_factory.mktemp("eval") / "eval.npz"
+    np.savez(path, **b)
+    return path, [{k: v[i:i + 3] for k, v in b.items()} for i in (0, 3)]
+
+
+@pytest.mark.slow
+def test_plan_evaluator_on_real_minilm(minilm_annotated, minilm_eval):
+    """PlanEvaluator against the FP32 model: the all-high (BF16) plan's small error, the same number as an independent ORT measurement for
+    a one-unit plan, cached, input model untouched; pareto-greedy orders units by measured loss per gain."""
+    from onnx_amp.passes import annotations as A
+    from onnx_amp.passes.plan import ApplyPlanPass, Plan
+    from onnx_amp.passes.rewrite import rewrite
+    from onnx_amp.passes.solve import pareto_front_greedy, problem_from_model
+    from onnx_amp.runtime.evaluate import PlanEvaluator
+    from onnx_amp.runtime.onnx_io import load_model
+    from onnx_amp.runtime.ort_session import measured_loss_mse
+
+    m = load_model(minilm_annotated)
+    before = {n.name: dict(n.metadata_props) for n in m.graph}
+    prob = problem_from_model(m)
+    ev = PlanEvaluator(m, minilm_eval[1], target="gaudi2")
+    none = ev.evaluate({})  # gaudi2's high format is BF16: a small error against the FP32 reference
+    assert 0 < none["measured_mse"] < 1e-3 and none["metric"]["before"] == ev.reference_metric["before"]
+    assert ev.metric_name == "accuracy"
+    u = prob.unit_order[3]
+    units = {u: {"weight": "fp8_e4m3", "activation": "fp8_e4m3"}}
+    one = ev.evaluate(units)["measured_mse"]
+    assert one > none["measured_mse"]
+    c = m.clone()
+    ApplyPlanPass(Plan.from_json({"version": 1, "units": units}), target="gaudi2")(c)
+    independent, _ = measured_loss_mse(m, rewrite(c, "emulate")[0], minilm_eval[1], progress=False)
+    assert one == pytest.approx(independent, rel=1e-9)
+    runs = ev.n_runs
+    assert ev.evaluate(dict(units))["measured_mse"] == one and ev.n_runs == runs
+    assert {n.name: dict(n.metadata_props) for n in m.graph} == before and A.PLAN not in m.metadata_props
+    order, _ = pareto_front_greedy(prob, "memory", ev.unit_measure(prob))
+    ratio = [ev.unit_measure(prob)(v) / prob.unit_delta(v, "memory")[0] for v in order]
+    assert set(order) == {v for v in prob.unit_order if prob.unit_delta(v, "memory")[0] > 0}
+    assert ratio == sorted(ratio)
+    assert len({round(r, 12) for r in ratio}) > len(ratio) // 2  # measured, not one shared value
+
+
+@pytest.mark.slow
+def test_cli_measured_strategies(minilm_annotated, minilm_eval, tmp_path, capsys):
+    """``onnx-amp solve --strategy ip-pairs|pareto-greedy --eval_data``: measured inputs from the CLI."""
+    from onnx_amp.tools.cli import main
+
+    base = ["--metric", "memory", "--tau_relative", "0.2", "--eval_data", str(minilm_eval[0])]
+    rc = main(["solve", str(minilm_annotated), "--strategy", "ip-pairs", *base, "-o", str(tmp_path / "a.onnx")])
+    assert rc == 0
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["strategy"] == "ip-pairs" and plan["units"] and plan["predicted_mse"] <= plan["tau"] * (1 + 1e-9)
+    err = capsys.readouterr().err
+    assert "ORT evaluations" in err
+    rc = main(["solve", str(minilm_annotated), "--strategy", "pareto-greedy", *base, "-o", str(tmp_path / "b.onnx"),
+               "--plan", str(tmp_path / "b.json")])
+    assert rc == 0 and json.loads((tmp_path / "b.json").read_text())["strategy"] == "pareto-greedy"
+    capsys.readouterr()
+    rc = main(["solve", str(minilm_annotated), "--strategy", "ip-pairs", "--tau_relative", "0.2",
+               "-o", str(tmp_path / "c.onnx")])
+    assert rc == 2 and "--eval_data" in capsys.readouterr().err and not (tmp_path / "c.onnx").exists()
+    rc = main(["solve", str(minilm_annotated), "--strategy", "ip-pairs", "--tau_relative", "0.2",
+               "--eval_data", str(tmp_path / "missing.npz"), "-o", str(tmp_path / "d.onnx")])
+    assert rc == 2 and "--eval_data" in capsys.readouterr().err and not (tmp_path / "d.onnx").exists()

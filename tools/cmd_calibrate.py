@@ -2,7 +2,10 @@
 
 Partitions the model when needed, runs one forward+backward per batch in torch autograd on the
 ONNX graph itself, and writes ``onnx_amp.sens.*`` / ``onnx_amp.amax.*`` on every layer node and the
-``onnx_amp.calibration`` summary on the model. The input file is never modified.
+``onnx_amp.calibration`` summary on the model. With ``--loss_model measured`` (the default, as in
+``onnx-amp run``) a second pass measures each operand's actual rounding error in the low formats of
+``--target`` (``onnx_amp.sens.measured``), which the loss model then prefers over the ideal
+``alpha * S``. The input file is never modified.
 """
 
 from __future__ import annotations
@@ -31,14 +34,37 @@ def register(subparsers) -> None:
     p.add_argument("--loss", default="auto", choices=["auto", "causal_lm", "classification"],
                    help="per-sample loss (default: detected from the model's output)")
     p.add_argument("--loss_output", default=None, metavar="NAME", help="graph output the loss reads (default: detected)")
+    p.add_argument("--loss_model", choices=("measured", "ideal"), default="measured",
+                   help="measured (default): also measure each operand's actual rounding error in the target's low "
+                   "formats (a second pass); ideal: alpha * S only")
+    p.add_argument("--target", default="cpu", help="target whose low formats --loss_model measured covers (default cpu)")
+    p.add_argument("--formats", default=None, metavar="F,F", help="formats to measure instead of the target's, e.g. int8,fp8_e4m3")
     p.add_argument("-o", "--output", default=None, metavar="OUT.onnx", help="output model (default: IN.calib.onnx)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
+def _formats(args) -> list[str]:
+    from onnx_amp.runtime.formats import get_format
+    from onnx_amp.runtime.onnx_io import OnnxAmpError
+    from onnx_amp.runtime.targets import load_target
+
+    if args.formats:
+        names = [f.strip() for f in args.formats.split(",") if f.strip()]
+        for f in names:
+            try:
+                get_format(f)
+            except (KeyError, ValueError):
+                raise OnnxAmpError(f"--formats {f!r}: unknown format; use e.g. int8, fp8_e4m3, fp8_e5m2, bf16, fp16") from None
+        return [f for f in names if f != "fp32"]
+    tgt = load_target(args.target)
+    return sorted({f for a in tgt.low_assignments for f in a if f != "fp32"})
+
+
 def run(args) -> int:
     from onnx_amp.passes.sensitivity import AnnotateSensitivityPass
-    from onnx_amp.runtime.calibrate import calibrate
+    from onnx_amp.runtime.calibrate import calibrate, measure_format_errors
+    from onnx_amp.runtime.data import load_calibration_data
     from onnx_amp.runtime.onnx_io import OnnxAmpError, load_model, save_model
 
     src = Path(args.input)
@@ -53,15 +79,21 @@ def run(args) -> int:
         raise OnnxAmpError(f"{out}: output folder {parent} does not exist or is not writable; choose another -o path")
     if out.resolve() == src.resolve():
         raise OnnxAmpError(f"{out}: would overwrite the input model; write to a new path")
+    formats = _formats(args) if args.loss_model == "measured" else []
     model = load_model(src)
-    res = calibrate(model, args.calibration_data, loss=args.loss, batch_size=args.batch_size,
-                    max_samples=args.calibration_samples, tokenizer=args.tokenizer, seq_len=args.calib_seq_len,
-                    output_name=args.loss_output, progress=not args.no_progress)
+    data = load_calibration_data(args.calibration_data, model, args.tokenizer, args.calib_seq_len,
+                                 args.calibration_samples)
+    res = calibrate(model, data, loss=args.loss, batch_size=args.batch_size, output_name=args.loss_output,
+                    progress=not args.no_progress)
+    if formats:
+        measure_format_errors(model, data, res, formats, batch_size=args.batch_size, loss=args.loss,
+                              output_name=args.loss_output, progress=not args.no_progress)
     AnnotateSensitivityPass(res)(model)
     save_model(model, out)
     print(f"calibrated {len(res.layers)} layers on {res.samples} samples ({res.batches} batches, "
           f"loss {res.loss.get('name')} on output {res.loss.get('output')!r}, mean {res.mean_loss:.4g}) "
-          f"in {res.seconds:.1f} s; wrote {out}")
+          f"in {res.seconds:.1f} s; loss model {args.loss_model}"
+          + (f" (actual rounding error measured for {', '.join(formats)})" if formats else "") + f"; wrote {out}")
     if res.unmatched:
         print(f"warning: {len(res.unmatched)} layer(s) got no figures: "
               + "; ".join(f"{u['layer']} ({u['node']}): {u['reason']}" for u in res.unmatched))

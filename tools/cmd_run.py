@@ -29,7 +29,9 @@ def register(subparsers) -> None:
     p.add_argument("--validation_data", metavar="DATA", help="held-out data (default: the end of the calibration data)")
     p.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json or HF tokenizer folder for text data")
     p.add_argument("--target", default="cpu", help="cpu (default, measured with ORT), gaudi2, gaudi3, h100, h200, or a target .json")
-    p.add_argument("--strategy", default="ip", help="ip (default), random, prefix, greedy, pareto-greedy, uniform-high, uniform-low")
+    p.add_argument("--strategy", default="ip", help="ip (default), ip-pairs, random, prefix, greedy, pareto-greedy, "
+                   "uniform-high, uniform-low (pareto-greedy and ip-pairs measure per-unit losses / neighbour pair "
+                   "terms with ONNX Runtime on the held-out samples)")
     p.add_argument("--metric", default="time", help="time (default), tt (roofline) or memory")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--tau", type=float, help="bound on the predicted loss MSE (absolute)")

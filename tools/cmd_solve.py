@@ -1,7 +1,10 @@
 """``onnx-amp solve IN.onnx --strategy ip --metric time|tt|memory (--tau X | --tau_relative R) -o OUT.onnx``.
 
 IN must be partitioned, calibrated and profiled (``onnx_amp.regions``, ``onnx_amp.sens.*``,
-``onnx_amp.gains``). Writes OUT with ``onnx_amp.plan`` on the model and ``onnx_amp.precision`` on
+``onnx_amp.gains``). ``pareto-greedy`` and ``ip-pairs`` measure their inputs (per-unit loss MSE,
+neighbour pair terms) with ONNX Runtime on held-out samples given by ``--eval_data``
+(``runtime.evaluate.PlanEvaluator``); without it ``pareto-greedy`` orders units by predicted
+sensitivity. Writes OUT with ``onnx_amp.plan`` on the model and ``onnx_amp.precision`` on
 every layer, ``plan.json`` (beside OUT unless ``--plan``), and with ``--pareto`` a PNG of the Pareto
 sweep (predicted gain vs predicted loss MSE per strategy, chosen plan starred). IN is never modified.
 """
@@ -24,9 +27,9 @@ def register(subparsers) -> None:
         "memory) with predicted loss MSE <= tau; write the plan into the model and plan.json.",
     )
     p.add_argument("input", metavar="IN.onnx", help="a partitioned, calibrated and profiled model")
-    p.add_argument("--strategy", default="ip", choices=[s for s in STRATEGIES if s != "ip-pairs"],
-                   help="ip (default), random, prefix, greedy, pareto-greedy, uniform-high, uniform-low "
-                   "(ip-pairs needs measured pair terms: use the Python API)")
+    p.add_argument("--strategy", default="ip", choices=list(STRATEGIES),
+                   help="ip (default), ip-pairs (needs --eval_data), random, prefix, greedy, pareto-greedy, "
+                   "uniform-high, uniform-low")
     p.add_argument("--metric", default="time", help="time (measured, falls back to roofline), tt (roofline) or memory")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--tau", type=float, help="bound on the predicted loss MSE (absolute)")
@@ -38,6 +41,15 @@ def register(subparsers) -> None:
     p.add_argument("--pareto_strategies", default="ip,greedy,prefix,random,uniform-high,uniform-low")
     p.add_argument("--samples", type=int, default=200, help="random strategy: plans drawn (default 200)")
     p.add_argument("--seed", type=int, default=0)
+    e = p.add_argument_group("measured strategies (pareto-greedy, ip-pairs)")
+    e.add_argument("--eval_data", metavar="DATA", help="held-out samples: .npz keyed by input name (extra key "
+                   "'labels' allowed) or a .txt with --tokenizer; each plan is rewritten and run in ONNX Runtime")
+    e.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json or a Hugging Face tokenizer folder (text data)")
+    e.add_argument("--eval_samples", type=int, default=32, metavar="N", help="use at most N samples (default 32)")
+    e.add_argument("--eval_seq_len", type=int, default=128, metavar="T", help="tokens per window for text data")
+    e.add_argument("--batch_size", type=int, default=8, metavar="B")
+    e.add_argument("--loss", default="auto", choices=["auto", "causal_lm", "classification"],
+                   help="per-sample loss (default: detected from the model's output)")
     p.add_argument("--solver", default=None, help="HiGHS or CBC (default: HiGHS when installed)")
     p.set_defaults(func=run)
 
@@ -48,6 +60,49 @@ def _check_out(path: Path, what: str) -> None:
         raise OnnxAmpError(f"{path}: {what} folder {parent} does not exist; create it or choose another path")
     if path.is_dir():
         raise OnnxAmpError(f"{path}: is a directory; give a file path")
+
+
+def _measured_inputs(model, args) -> dict:
+    """``solve`` keyword arguments with the measured inputs of pareto-greedy / ip-pairs."""
+    from onnx_amp.passes.solve import problem_from_model
+    from onnx_amp.runtime.evaluate import MEASURED_STRATEGIES, PlanEvaluator
+
+    strategy = args.strategy.lower().replace("_", "-")
+    if strategy not in MEASURED_STRATEGIES:
+        if args.eval_data:
+            print(f"note: --eval_data is only used by {' and '.join(MEASURED_STRATEGIES)}", file=sys.stderr)
+        return {}
+    if not args.eval_data:
+        if strategy == "ip-pairs":
+            raise OnnxAmpError(f"{args.input}: --strategy ip-pairs measures neighbour pair terms on held-out samples; "
+                               "give --eval_data DATA (.npz, or .txt with --tokenizer)")
+        print("note: pareto-greedy without --eval_data orders units by predicted sensitivity "
+              "(give --eval_data to measure each unit, AIMET's way)", file=sys.stderr)
+        return {}
+    if args.eval_samples < 1 or args.batch_size < 1:
+        raise OnnxAmpError("--eval_samples and --batch_size must be >= 1")
+    from onnx_amp.runtime.data import load_calibration_data
+    from onnx_amp.passes import annotations as ann
+
+    data = load_calibration_data(args.eval_data, model, args.tokenizer, args.eval_seq_len, args.eval_samples,
+                                 flag="--eval_data")
+    target = ann.get_json(model, ann.GAINS, {}).get("target")
+    ev = PlanEvaluator(model, list(data.batches(args.batch_size)), None if args.loss == "auto" else args.loss, target)
+    problem = problem_from_model(model)
+    n = len(problem.unit_order) + (len(problem.neighbour_pairs()) if strategy == "ip-pairs" else 0)
+    print(f"{strategy}: measuring on {data.num_samples} held-out samples (up to {n} ORT evaluations)", file=sys.stderr)
+    kw = ev.strategy_kwargs(problem, strategy)
+    if strategy == "pareto-greedy":  # measure every unit now (with progress), the solve reuses the cache
+        from tqdm.auto import tqdm
+
+        from onnx_amp.passes.solve import normalize_metric
+
+        metric = normalize_metric(args.metric)
+        useful = [u for u in problem.unit_order if problem.unit_delta(u, metric)[0] > 0]
+        for u in tqdm(useful, desc="unit sensitivity (ORT)", unit="unit"):
+            kw["measure_unit"](u)
+    print(f"  {ev.n_runs} ORT evaluations in {ev.seconds:.1f} s", file=sys.stderr)
+    return kw
 
 
 def run(args) -> int:
@@ -66,7 +121,8 @@ def run(args) -> int:
         raise OnnxAmpError(f"{out}: is the input file; write the solved model to a new path")
     model = load_model(src)
     kw = {"samples": args.samples, "seed": args.seed, "solver_name": args.solver}
-    sp = SolvePass(args.strategy, tau=args.tau, tau_relative=args.tau_relative, metric=args.metric, **kw)
+    measured_kw = _measured_inputs(model, args)
+    sp = SolvePass(args.strategy, tau=args.tau, tau_relative=args.tau_relative, metric=args.metric, **kw, **measured_kw)
     sp(model)
     sol, prob = sp.solution, sp.problem
     n_units = len(prob.unit_order)

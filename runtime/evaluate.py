@@ -1,0 +1,160 @@
+"""Measured loss MSE and task metric of plans, in ONNX Runtime, on held-out samples.
+
+- :func:`evaluate_models`: one plan model against the reference (the pipeline's validate stage).
+- :class:`PlanEvaluator`: many plans of one annotated model. The reference runs once; each plan
+  (a ``units`` mapping, as in ``plan.json``) is applied to a private copy of the model, rewritten
+  (emulate form, with the target's lowering) and run; results are cached per plan. It supplies the
+  measured inputs of the strategies that need them (``passes.solve``): per-unit sensitivity for
+  ``pareto-greedy`` (AIMET AMP: the loss MSE with only that unit lowered) and neighbour pair terms
+  for ``ip-pairs`` (Schaefer: the extra loss of lowering both units beyond the sum of each).
+
+Sessions run Q/DQ unfused (``exact_qdq``): the numbers ONNX defines, not the saturating fused u8s8
+kernels of CPUs without VNNI (see ``ort_session.make_session``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Callable
+
+import numpy as np
+import onnx_ir as ir
+
+from onnx_amp.runtime.onnx_io import OnnxAmpError
+
+#: strategies that need measured quantities from a :class:`PlanEvaluator`
+MEASURED_STRATEGIES = ("pareto-greedy", "ip-pairs")
+
+
+def task_metric(spec, ref_out: list, plan_out: list, ref_losses: list, plan_losses: list, batches: list[dict]) -> dict:
+    """perplexity (causal LM), accuracy (labels), or top-1 agreement with the high-precision model."""
+    import torch
+
+    lr = torch.cat(ref_losses).double()
+    lp = torch.cat(plan_losses).double()
+    if spec.name == "causal_lm":
+        return {"name": "perplexity", "before": float(torch.exp(lr.mean())), "after": float(torch.exp(lp.mean())),
+                "higher_is_better": False}
+    pr = torch.cat([o.reshape(o.shape[0], -1).argmax(-1) for o in ref_out])
+    pp = torch.cat([o.reshape(o.shape[0], -1).argmax(-1) for o in plan_out])
+    if all("labels" in b for b in batches) and spec.name == "classification":
+        lab = torch.cat([torch.as_tensor(np.asarray(b["labels"])).reshape(-1) for b in batches])
+        return {"name": "accuracy", "before": float((pr == lab).double().mean()),
+                "after": float((pp == lab).double().mean()), "higher_is_better": True}
+    return {"name": "top-1 agreement with high precision", "before": 1.0,
+            "after": float((pr == pp).double().mean()), "higher_is_better": True}
+
+
+class _Reference:
+    """The reference model's per-sample losses and outputs on ``batches`` (computed once)."""
+
+    def __init__(self, ref_model: ir.Model, batches: list[dict], loss):
+        from onnx_amp.runtime.losses import resolve_loss
+        from onnx_amp.runtime.ort_session import make_session, per_sample_losses
+
+        if not batches:
+            raise OnnxAmpError("evaluating a plan needs at least one batch of held-out samples")
+        self.batches = batches
+        self.spec = resolve_loss(loss, ref_model)
+        sess = make_session(ref_model, exact_qdq=True)
+        self.losses, self.outputs = per_sample_losses(sess, batches, self.spec)
+        self.unlabeled_classification = self.spec.name == "classification" and not all("labels" in b for b in batches)
+        if self.unlabeled_classification:
+            # unlabeled: score the reference against its own prediction too
+            self.losses, _ = per_sample_losses(sess, batches, self.spec, reference=self.outputs)
+
+    def compare(self, plan_model: ir.Model) -> tuple[float, dict]:
+        import torch
+
+        from onnx_amp.runtime.ort_session import make_session, per_sample_losses
+
+        sess = make_session(plan_model, exact_qdq=True)
+        ref = self.outputs if self.spec.name == "classification" else None
+        p_l, p_o = per_sample_losses(sess, self.batches, self.spec, reference=ref)
+        d = (torch.cat(p_l) - torch.cat(self.losses)).double()
+        if not torch.isfinite(d).all():
+            raise OnnxAmpError("non-finite per-sample loss on the held-out samples; check the data and the plan's formats")
+        return float((d ** 2).mean()), task_metric(self.spec, self.outputs, p_o, self.losses, p_l, self.batches)
+
+
+def evaluate_models(ref_model: ir.Model, plan_model: ir.Model, batches: list[dict], loss=None) -> tuple[float, dict]:
+    """(measured loss MSE, task metric dict) of ``plan_model`` against ``ref_model`` on ``batches``."""
+    return _Reference(ref_model, batches, loss).compare(plan_model)
+
+
+class PlanEvaluator:
+    """Measured loss MSE and task metric of plans of one annotated model (see the module doc).
+
+    ``model``: partitioned (and calibrated/profiled) ``ir.Model``; it is not modified (a copy that
+    shares the weights takes the plans). ``batches``: held-out input dicts (plus ``labels``).
+    ``loss``: anything ``runtime.losses.resolve_loss`` takes (``None`` = detect). ``target``: the
+    target name or object the plans are for (``cpu`` lowers as the profiler timed it).
+    """
+
+    def __init__(self, model: ir.Model, batches: list[dict], loss=None, target: Any = None):
+        from onnx_amp.passes.rewrite import ORT_CPU_LOWERING
+        from onnx_amp.runtime.targets import load_target
+
+        self.model = model.clone()
+        self.target = load_target(target) if isinstance(target, str) else target
+        backend = getattr(self.target, "measured_backend", None)
+        self.lowering = ORT_CPU_LOWERING if backend == "ort_cpu" else {}
+        self.reference = r = _Reference(self.model, list(batches), loss)
+        #: the task metric of the reference itself ("before" is its value)
+        self.reference_metric = task_metric(r.spec, r.outputs, r.outputs, r.losses, r.losses, r.batches)
+        self.cache: dict[str, dict] = {}
+        self.n_runs = 0
+        self.seconds = 0.0
+
+    @property
+    def metric_name(self) -> str:
+        return self.reference_metric["name"]
+
+    def evaluate(self, units: dict) -> dict:
+        """{"measured_mse", "metric" (dict: name, before, after, higher_is_better)} of a plan's ``units``."""
+        from onnx_amp.passes.plan import ApplyPlanPass, Plan
+        from onnx_amp.passes.rewrite import rewrite
+
+        key = json.dumps(units, sort_keys=True)
+        if key not in self.cache:
+            t0 = time.perf_counter()
+            tname = getattr(self.target, "name", None)
+            ApplyPlanPass(Plan.from_json({"version": 1, "units": units}), target=tname, validate=False)(self.model)
+            plan_model, _ = rewrite(self.model, "emulate", **self.lowering)
+            mse, metric = self.reference.compare(plan_model)
+            self.cache[key] = {"measured_mse": mse, "metric": metric}
+            self.n_runs += 1
+            self.seconds += time.perf_counter() - t0
+        return self.cache[key]
+
+    # ---- measured inputs of the strategies ---------------------------------------------------
+
+    @staticmethod
+    def _low_units(problem, units) -> dict:
+        return {u: {"weight": problem.low[u][0], "activation": problem.low[u][1]} for u in units}
+
+    def unit_measure(self, problem) -> Callable[[str], float]:
+        """``measure_unit(u)``: measured loss MSE with only ``u`` in its low assignment."""
+        return lambda u: self.evaluate(self._low_units(problem, [u]))["measured_mse"]
+
+    def pair_measure(self, problem) -> Callable[[str, str], float]:
+        """``pair_measure(u, v)``: measured(both) - measured(u) - measured(v) + measured(none)."""
+        single = self.unit_measure(problem)
+
+        def f(a: str, b: str) -> float:
+            both = self.evaluate(self._low_units(problem, [a, b]))["measured_mse"]
+            return both - single(a) - single(b) + self.evaluate({})["measured_mse"]
+
+        return f
+
+    def strategy_kwargs(self, problem, strategy: str) -> dict:
+        """Keyword arguments of ``passes.solve.solve`` that give ``strategy`` its measured inputs."""
+        from onnx_amp.passes.solve import measure_pairs
+
+        strategy = strategy.lower().replace("_", "-")
+        if strategy == "pareto-greedy":
+            return {"measure_unit": self.unit_measure(problem)}
+        if strategy == "ip-pairs":
+            return {"pairs": measure_pairs(problem, self.pair_measure(problem))}
+        return {}
