@@ -134,6 +134,9 @@ def test_pair_terms_change_the_solution():
     # a negative interaction (quantizing both cancels) lets more units in
     sol3 = solve(p, tau, "ip-pairs", pairs={("U1", "U2"): -1.0})
     assert set(sol3.plan["units"]) == {"U0", "U1", "U2"}
+    # ... but a *measured* negative interaction is not trusted (noise the IP would exploit)
+    sol4 = solve(p, tau, "ip-pairs", pair_measure=lambda a, b: -1.0 if (a, b) == ("U1", "U2") else 0.0)
+    assert sol4.selection == plain.selection and sol4.predicted_mse == pytest.approx(plain.predicted_mse)
 
 
 def test_ip_pairs_optimal_vs_brute_force():

@@ -45,26 +45,38 @@ DEFAULT_STRATEGIES = ("ip", "greedy", "prefix", "random", "pareto-greedy", "unif
 # --------------------------------------------------------------------------------------------
 
 
+def _low_formats(targets: str) -> list[str]:
+    """The low formats of the compared targets (what the measured loss model covers)."""
+    from onnx_amp.runtime.targets import load_target
+
+    return sorted({f for t in targets.split(",") if t.strip() for a in load_target(t.strip()).low_assignments
+                   for f in a if f != "fp32"})
+
+
 def prepare(subject: str, target: str, n_calib: int, seq_len: int, workdir: Path, profile_repeats: int = 5,
-            roofline_batch: int = 64, roofline_seq: int = 128):
-    """Partitioned + calibrated + profiled model (cached as ONNX in ``workdir``)."""
+            roofline_batch: int = 64, roofline_seq: int = 128, loss_model: str = "measured",
+            formats: list[str] | None = None):
+    """Partitioned + calibrated + profiled model (cached as ONNX in ``workdir``). ``loss_model``
+    ``measured`` (as ``onnx-amp run``): a second calibration pass measures each operand's actual
+    rounding error in ``formats``; ``ideal``: alpha * S only."""
     import onnx_ir as ir  # noqa: F401
 
     from onnx_amp.passes.gains import GainsPass
     from onnx_amp.passes.partition import PartitionPass
     from onnx_amp.passes.sensitivity import AnnotateSensitivityPass
-    from onnx_amp.runtime.calibrate import calibrate
+    from onnx_amp.runtime.calibrate import calibrate, measure_format_errors
     from onnx_amp.runtime.export import ensure_subject_onnx
     from onnx_amp.runtime.onnx_io import load_model, save_model
     from onnx_amp.runtime.subjects import subject_batch
 
-    tag = f"{subject}.{target}.c{n_calib}.s{seq_len}" + ("" if target == "cpu" else f".b{roofline_batch}x{roofline_seq}")
+    lm = "" if loss_model == "ideal" else f".m-{'-'.join(formats or [])}"
+    tag = f"{subject}.{target}.c{n_calib}.s{seq_len}{lm}" + ("" if target == "cpu" else f".b{roofline_batch}x{roofline_seq}")
     cached = workdir / f"{tag}.annotated.onnx"
     if cached.exists():
         return load_model(cached), load_model(ensure_subject_onnx(subject))
     src = ensure_subject_onnx(subject)
     ref = load_model(src)
-    calibrated = workdir / f"{subject}.c{n_calib}.s{seq_len}.calibrated.onnx"
+    calibrated = workdir / f"{subject}.c{n_calib}.s{seq_len}{lm}.calibrated.onnx"
     if calibrated.exists():
         m = load_model(calibrated)
     else:
@@ -73,7 +85,10 @@ def prepare(subject: str, target: str, n_calib: int, seq_len: int, workdir: Path
         kw = {"seq_len": seq_len} if subject == "smollm2" else {"max_len": seq_len}
         data = subject_batch(subject, n_calib, "calib", seed=0, **kw)
         t0 = time.perf_counter()
-        AnnotateSensitivityPass(calibrate(m, data, batch_size=min(8, n_calib), progress=True))(m)
+        res = calibrate(m, data, batch_size=min(8, n_calib), progress=True)
+        if loss_model == "measured" and formats:
+            measure_format_errors(m, data, res, formats, batch_size=min(8, n_calib), progress=True)
+        AnnotateSensitivityPass(res)(m)
         log.info("%s: calibrated on %d samples in %.1fs", subject, n_calib, time.perf_counter() - t0)
         save_model(m, calibrated)
         m = load_model(calibrated)
@@ -96,64 +111,28 @@ def prepare(subject: str, target: str, n_calib: int, seq_len: int, workdir: Path
 
 
 class PlanEvaluator:
-    """Rewrites a plan (emulate form) and runs it in ORT on held-out data; caches by plan."""
+    """``runtime.evaluate.PlanEvaluator`` on a subject's held-out batch: {measured_mse, metric} per plan."""
 
-    def __init__(self, subject: str, annotated, reference, batch: dict, batch_size: int = 8):
-        from onnx_amp.runtime.ort_session import make_session
+    def __init__(self, subject: str, annotated, batch: dict, target: str, batch_size: int = 8):
+        from onnx_amp.runtime.evaluate import PlanEvaluator as Evaluator
 
-        self.subject, self.model, self.batch_size = subject, annotated, batch_size
         n = len(batch["labels"])
-        self.batches = [{k: v[i:i + batch_size] for k, v in batch.items()} for i in range(0, n, batch_size)]
-        self.ref_losses, ref_out = self._run(make_session(reference))
-        self.ref_metric = self._metric(self.ref_losses, ref_out)
-        self.cache: dict[str, dict] = {}
-        self.n_runs = 0
-        self.seconds = 0.0
-
-    def _run(self, sess):
-        import torch
-
-        from onnx_amp.runtime.ort_session import run
-        from onnx_amp.runtime.subjects import per_sample_loss
-
-        out_name = sess.get_outputs()[0].name
-        losses, correct = [], []
-        for b in self.batches:
-            logits = run(sess, b, [out_name])[out_name]
-            losses.append(per_sample_loss(self.subject, torch.from_numpy(np.asarray(logits)), torch.from_numpy(b["labels"])).double().numpy())
-            if self.subject != "smollm2":
-                correct.append(np.asarray(logits).argmax(-1) == b["labels"])
-        return np.concatenate(losses), (np.concatenate(correct) if correct else None)
-
-    def _metric(self, losses, correct) -> float:
-        if self.subject == "smollm2":
-            return float(math.exp(losses.mean()))  # perplexity (equal-length windows)
-        return float(correct.mean())  # accuracy
-
-    @property
-    def metric_name(self) -> str:
-        return "perplexity" if self.subject == "smollm2" else "accuracy"
+        batches = [{k: v[i:i + batch_size] for k, v in batch.items()} for i in range(0, n, batch_size)]
+        self.ev = Evaluator(annotated, batches, "causal_lm" if subject == "smollm2" else "classification", target)
+        self.metric_name = self.ev.metric_name
+        self.ref_metric = self.ev.reference_metric["before"]
 
     def evaluate(self, units: dict) -> dict:
-        """{measured_mse, metric} of a plan given as its ``units`` mapping."""
-        key = json.dumps(units, sort_keys=True)
-        if key in self.cache:
-            return self.cache[key]
-        from onnx_amp.passes.plan import ApplyPlanPass, Plan
-        from onnx_amp.passes.rewrite import RewritePass
-        from onnx_amp.runtime.ort_session import make_session
+        r = self.ev.evaluate(units)
+        return {"measured_mse": r["measured_mse"], "metric": r["metric"]["after"]}
 
-        t0 = time.perf_counter()
-        ApplyPlanPass(Plan.from_json({"version": 1, "units": units}), target=self.target, validate=False)(self.model)
-        rewritten = RewritePass("emulate")(self.model).model
-        losses, correct = self._run(make_session(rewritten))
-        r = {"measured_mse": float(np.mean((losses - self.ref_losses) ** 2)), "metric": self._metric(losses, correct)}
-        self.cache[key] = r
-        self.n_runs += 1
-        self.seconds += time.perf_counter() - t0
-        return r
+    @property
+    def n_runs(self) -> int:
+        return self.ev.n_runs
 
-    target = None
+    @property
+    def seconds(self) -> float:
+        return self.ev.seconds
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,31 +146,22 @@ def compare_one(subject: str, target: str, args, workdir: Path) -> dict:
 
     t_start = time.perf_counter()
     seq_len = args.seq_len if subject == "smollm2" else args.max_len
-    model, ref = prepare(subject, target, args.n_calib, seq_len, workdir, args.profile_repeats, args.roofline_batch,
-                         args.roofline_seq)
+    model, _ = prepare(subject, target, args.n_calib, seq_len, workdir, args.profile_repeats, args.roofline_batch,
+                       args.roofline_seq, args.loss_model, _low_formats(args.targets))
     prob = problem_from_model(model)
     kw = {"seq_len": seq_len} if subject == "smollm2" else {"max_len": seq_len}
-    ev = PlanEvaluator(subject, model, ref, subject_batch(subject, args.n_eval, "eval", seed=1, **kw))
-    ev.target = target
+    ev = PlanEvaluator(subject, model, subject_batch(subject, args.n_eval, "eval", seed=1, **kw), target)
     metric = "time"  # measured for cpu (profile), roofline for gaudi2 (gains falls back to tt)
     log.info("%s/%s: %d regions, %d units; reference %s %.4f", subject, target, prob.n_regions,
              len(prob.unit_order), ev.metric_name, ev.ref_metric)
 
-    def unit_measured(u):
-        return ev.evaluate(solve(prob, math.inf, "uniform-high", metric).plan["units"] | {u: dict(zip(("weight", "activation"), prob.low[u]))})["measured_mse"]
-
     solve_kw = {}
     if args.measure_units:
-        solve_kw["measure_unit"] = unit_measured
+        solve_kw["measure_unit"] = ev.ev.unit_measure(prob)
     pairs = None
     strategies = list(args.strategies)
     if args.pairs:
-        def pair_measure(a, b):
-            lo = {u: dict(zip(("weight", "activation"), prob.low[u])) for u in (a, b)}
-            both = ev.evaluate(lo)["measured_mse"]
-            return both - unit_measured(a) - unit_measured(b) + ev.evaluate({})["measured_mse"]
-
-        pairs = measure_pairs(prob, pair_measure)
+        pairs = measure_pairs(prob, ev.ev.pair_measure(prob))
         strategies.append("ip-pairs")
 
     taus = tau_grid(prob, args.n_tau)
@@ -239,7 +209,7 @@ def compare_one(subject: str, target: str, args, workdir: Path) -> dict:
     out_png = workdir / f"pareto_{subject}_{target}.png"
     plot(rows, out_png, f"{subject} / {target} ({'measured' if target == 'cpu' else 'roofline'} time gain)",
          chosen.get("ip"), ev.metric_name)
-    return {"subject": subject, "target": target, "metric_name": ev.metric_name, "reference_metric": ev.ref_metric,
+    return {"subject": subject, "target": target, "loss_model": args.loss_model, "metric_name": ev.metric_name, "reference_metric": ev.ref_metric,
             "n_regions": prob.n_regions, "n_units": len(prob.unit_order), "all_low_predicted_mse": prob.all_low_mse(),
             "rows": rows, "budgets": budgets, "table": table, "mid_budget": mid,
             "chosen": {s: ({k: v for k, v in r.items() if k != "units"} if r else None) for s, r in chosen.items()},
@@ -250,7 +220,7 @@ def compare_one(subject: str, target: str, args, workdir: Path) -> dict:
 def measure_e2e(model, chosen: dict, seq_len: int, args) -> dict:
     """End-to-end ORT time of each strategy's chosen plan vs all-high (cpu), paired rounds."""
     from onnx_amp.passes.plan import ApplyPlanPass, Plan
-    from onnx_amp.passes.rewrite import RewritePass
+    from onnx_amp.passes.rewrite import ORT_CPU_LOWERING, rewrite
     from onnx_amp.runtime.profile import sample_feeds, time_model
 
     names = [s for s, r in chosen.items() if r is not None]
@@ -258,7 +228,7 @@ def measure_e2e(model, chosen: dict, seq_len: int, args) -> dict:
     for s in ["uniform-high"] + names:
         units = {} if s == "uniform-high" else chosen[s]["units"]
         ApplyPlanPass(Plan.from_json({"version": 1, "units": units}), target="cpu", validate=False)(model)
-        models.append(RewritePass("emulate")(model).model)
+        models.append(rewrite(model, "emulate", **ORT_CPU_LOWERING)[0])  # what the profile timed
     feeds = sample_feeds(model, 1, seq_len, 0)
     timing = time_model(models, feeds, warmup=2, repeats=args.e2e_repeats)
     base = timing.summary(0)["time_s"]
@@ -311,7 +281,8 @@ def markdown(results: list[dict]) -> str:
     for res in results:
         names = [k for k in res["table"][0] if k != "budget"] if res["table"] else []
         lines += [f"## {res['subject']} / {res['target']}",
-                  f"{res['n_regions']} regions, {res['n_units']} units; reference {res['metric_name']} "
+                  f"{res['n_regions']} regions, {res['n_units']} units; {res.get('loss_model', 'ideal')} loss model; "
+                  f"reference {res['metric_name']} "
                   f"{res['reference_metric']:.4f}; {res['ort_evaluations']} ORT evaluations, {res['seconds']:.0f}s. "
                   f"![pareto]({res['png']})", "",
                   "Best predicted time gain [ms] (sum of region gains) with measured loss MSE <= budget:", "",
@@ -358,6 +329,8 @@ def main(argv=None) -> int:
     ap.add_argument("--profile_repeats", type=int, default=5)
     ap.add_argument("--roofline_batch", type=int, default=64, help="batch size for roofline gains (gaudi2)")
     ap.add_argument("--roofline_seq", type=int, default=128, help="sequence length for roofline gains (gaudi2)")
+    ap.add_argument("--loss_model", choices=("measured", "ideal"), default="measured",
+                    help="predicted loss MSE: measured (actual rounding error, the pipeline's default) or ideal (alpha)")
     ap.add_argument("--measure_units", action="store_true", help="pareto-greedy: measured per-unit sensitivity")
     ap.add_argument("--pairs", action="store_true", help="also ip-pairs with measured neighbour pair terms")
     ap.add_argument("--e2e", action="store_true", help="cpu: time the chosen plans end to end with ORT")
