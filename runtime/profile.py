@@ -49,6 +49,11 @@ ORT_MAX_IR = 10  # onnx 1.23 writes IR 11+ by default; this ORT reads up to 13, 
 # sessions
 # ---------------------------------------------------------------------------------------------
 
+#: extra ORT optimizers every timing session disables (an experiment knob, e.g. ``["NchwcTransformer"]``
+#: for ``tools/additivity.py --disable_optimizers``); empty in normal use
+EXTRA_DISABLED_OPTIMIZERS: list[str] = []
+
+
 def make_ort_session(model: ir.Model, threads: int | None = None, spinning: bool = False):
     """An ORT CPU session for timing: the shared ``ort_session.session_options`` (FP8 models get
     the FP8-safe ``disabled_optimizers``), and thread-pool spinning OFF by default: many sessions
@@ -66,7 +71,8 @@ def make_ort_session(model: ir.Model, threads: int | None = None, spinning: bool
     if not spinning:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    kwargs = {"disabled_optimizers": FP8_DISABLED_OPTIMIZERS} if model_has_fp8(model) else {}
+    disabled = (list(FP8_DISABLED_OPTIMIZERS) if model_has_fp8(model) else []) + EXTRA_DISABLED_OPTIMIZERS
+    kwargs = {"disabled_optimizers": disabled} if disabled else {}
     tmp = None
     if any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values()):
         tmp = tempfile.TemporaryDirectory(prefix="onnx_amp_prof_")

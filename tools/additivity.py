@@ -194,7 +194,13 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="/work/scratch/gains/additivity")
+    ap.add_argument("--disable_optimizers", default="", metavar="NAME,NAME",
+                    help="ORT optimizers to disable in every timing session (an experiment: NchwcTransformer keeps "
+                    "FP32 convolutions in NCHW, so region boundaries cost no layout reorders)")
     args = ap.parse_args(argv)
+    from onnx_amp.runtime import profile
+
+    profile.EXTRA_DISABLED_OPTIMIZERS[:] = [x for x in args.disable_optimizers.split(",") if x]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     target = load_target("cpu")

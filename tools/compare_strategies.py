@@ -13,11 +13,13 @@ For each subject (SmolLM2-135M, MiniLM-sentiment) and target (``cpu``: {FP32, IN
 4. ``results.md`` (tables), ``results.json`` and one Pareto PNG per subject/target.
 
     python -m onnx_amp.tools.compare_strategies --out /tmp/cmp --small        # minutes, for development
-    python -m onnx_amp.tools.compare_strategies --out /tmp/cmp                # the full run (~15 min, 2 cores)
+    python -m onnx_amp.tools.compare_strategies --out /tmp/cmp                # the full run (~25 min, 2 cores)
 
 ``pareto-greedy`` measures each unit's sensitivity (loss MSE with only that unit lowered) with real
-ORT runs when ``--measure_units`` is given (AIMET's way), else uses the predicted one. ``ip-pairs``
-(``--pairs``) measures neighbouring-unit pair terms the same way (costly: 2 x units evaluations).
+ORT runs (AIMET's way; ``--no-measure_units``: the predicted one). ``ip-pairs`` measures
+neighbouring-unit pair terms the same way (one more evaluation per pair), by default only on models
+with at most ``--pairs_max_units`` units (``--pairs on|off``). Sensitivities use the measured
+(actual rounding error) loss model unless ``--loss_model ideal``.
 """
 
 from __future__ import annotations
@@ -160,7 +162,12 @@ def compare_one(subject: str, target: str, args, workdir: Path) -> dict:
         solve_kw["measure_unit"] = ev.ev.unit_measure(prob)
     pairs = None
     strategies = list(args.strategies)
-    if args.pairs:
+    pairs_note = None
+    if args.pairs == "auto" and len(prob.unit_order) > args.pairs_max_units:
+        pairs_note = (f"ip-pairs skipped: {len(prob.unit_order)} units > --pairs_max_units {args.pairs_max_units} "
+                      f"({len(prob.neighbour_pairs())} pair evaluations); --pairs on forces it")
+        log.info("%s/%s: %s", subject, target, pairs_note)
+    elif args.pairs != "off":
         pairs = measure_pairs(prob, ev.ev.pair_measure(prob))
         strategies.append("ip-pairs")
 
@@ -214,7 +221,7 @@ def compare_one(subject: str, target: str, args, workdir: Path) -> dict:
             "rows": rows, "budgets": budgets, "table": table, "mid_budget": mid,
             "chosen": {s: ({k: v for k, v in r.items() if k != "units"} if r else None) for s, r in chosen.items()},
             "e2e": e2e, "bisection": bisection, "png": out_png.name, "ort_evaluations": ev.n_runs, "seconds": time.perf_counter() - t_start,
-            "pairs": {f"{a},{b}": v for (a, b), v in (pairs or {}).items()}}
+            "pairs": {f"{a},{b}": v for (a, b), v in (pairs or {}).items()}, "pairs_note": pairs_note}
 
 
 def measure_e2e(model, chosen: dict, seq_len: int, args) -> dict:
@@ -303,6 +310,8 @@ def markdown(results: list[dict]) -> str:
             e = res["e2e"].get(s)
             lines.append(f"| {s} | {r['n_low']} | {_fmt(r['gain'])} | {r['predicted_mse']:.3g} | {r['measured_mse']:.3g} | "
                          f"{r['metric']:.4f} |" + (f" {e['time_s'] * 1e3:.2f} | {e['speedup']:.3f} |" if e else ""))
+        if res.get("pairs_note"):
+            lines += ["", res["pairs_note"] + "."]
         b = res.get("bisection")
         if b:
             lines += ["", f"Bisection over tau to an allowed {res['metric_name']} drop of {b['max_drop']}"
@@ -331,10 +340,15 @@ def main(argv=None) -> int:
     ap.add_argument("--roofline_seq", type=int, default=128, help="sequence length for roofline gains (gaudi2)")
     ap.add_argument("--loss_model", choices=("measured", "ideal"), default="measured",
                     help="predicted loss MSE: measured (actual rounding error, the pipeline's default) or ideal (alpha)")
-    ap.add_argument("--measure_units", action="store_true", help="pareto-greedy: measured per-unit sensitivity")
-    ap.add_argument("--pairs", action="store_true", help="also ip-pairs with measured neighbour pair terms")
-    ap.add_argument("--e2e", action="store_true", help="cpu: time the chosen plans end to end with ORT")
-    ap.add_argument("--e2e_repeats", type=int, default=10)
+    ap.add_argument("--measure_units", action=argparse.BooleanOptionalAction, default=True,
+                    help="pareto-greedy: measured per-unit sensitivity, AIMET's way (default on)")
+    ap.add_argument("--pairs", choices=("auto", "on", "off"), default="auto",
+                    help="ip-pairs with measured neighbour pair terms; auto (default): when the model has at most "
+                    "--pairs_max_units units (each pair costs an ORT evaluation)")
+    ap.add_argument("--pairs_max_units", type=int, default=64)
+    ap.add_argument("--e2e", action=argparse.BooleanOptionalAction, default=True,
+                    help="cpu: time the chosen plans end to end with ORT (default on)")
+    ap.add_argument("--e2e_repeats", type=int, default=30)
     ap.add_argument("--max_drop", type=float, default=None,
                     help="also bisect tau to this allowed task-metric drop (accuracy: absolute; perplexity: relative)")
     ap.add_argument("--bisect_steps", type=int, default=6)
