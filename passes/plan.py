@@ -390,13 +390,8 @@ class ApplyPlanPass(ir.passes.InPlacePass):
         high = tgt.high if tgt is not None else ("fp32", "fp32")
         assigns = layer_assignments(model, plan, high)
         layers = model_layers(model)
-        modified = False
         for lid, (w, a) in assigns.items():
-            node = layers[lid].node
-            new = A.format_precision(w, a)
-            if node.metadata_props.get(A.PRECISION) != new:
-                node.metadata_props[A.PRECISION] = new
-                modified = True
+            layers[lid].node.metadata_props[A.PRECISION] = A.format_precision(w, a)
         d = plan.to_json()
         d["high"] = list(high)
         A.set_json(model, A.PLAN, d)

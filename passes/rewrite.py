@@ -37,7 +37,6 @@ model with a lower default opset is converted to 21 (onnxscript's version conver
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import dataclass, field

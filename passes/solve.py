@@ -537,7 +537,9 @@ def pareto_front_greedy(
     if measure_unit is None:
         sens = {u: problem.unit_delta(u, metric)[1] for u in useful}
     else:
-        sens = {u: float(measure_unit(u)) for u in useful}
+        from tqdm.auto import tqdm
+
+        sens = {u: float(measure_unit(u)) for u in tqdm(useful, desc="unit sensitivity", unit="unit", leave=False)}
     order = _ratio_order(problem, metric, sens)
     front = [problem.select_lowered(order[:k]) for k in range(len(order) + 1)]
     return order, front

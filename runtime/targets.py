@@ -229,7 +229,6 @@ def measure_cpu(m: int = 256, k: int = 1024, n: int = 1024, seed: int = 0) -> di
     """Measure ORT CPU MatMul FLOP/s (fp32; int8 in the fused QDQ layout), numpy copy bandwidth,
     and the QuantizeLinear cost per element / per node. Returns numbers with how they were taken."""
     import numpy as np
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 

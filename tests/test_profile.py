@@ -3,38 +3,19 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnx_ir.passes.common import ShapeInferencePass
 
 from onnx_amp.passes import annotations as ann
-from onnx_amp.passes.gains import GainsPass, config_key, read_gains, region_configs
-from onnx_amp.passes.partition import PartitionPass
+from onnx_amp.passes.gains import GainsPass, config_key, read_gains
 from onnx_amp.runtime.onnx_io import OnnxAmpError, load_model, save_model
 from onnx_amp.runtime.profile import Timing, dedicate_dq, profile_model, structural_hash, time_paired
 from onnx_amp.runtime.targets import load_target
+from onnx_amp.tools.bench_profile import deep_stack
 
 
-def residual_stack(nblocks=3, d=64, h=256, m=32, seed=0, widths=None):
-    """x -> nblocks x (MatMul -> Relu -> MatMul -> Add residual): one region per block."""
-    rng = np.random.default_rng(seed)
-    nodes, inits, x = [], [], "x"
-    for b in range(nblocks):
-        hb = (widths or [h] * nblocks)[b]
-        w1 = (rng.standard_normal((d, hb)) * 0.1).astype(np.float32)
-        w2 = (rng.standard_normal((hb, d)) * 0.1).astype(np.float32)
-        inits += [numpy_helper.from_array(w1, f"w1_{b}"), numpy_helper.from_array(w2, f"w2_{b}")]
-        nodes += [helper.make_node("MatMul", [x, f"w1_{b}"], [f"h{b}"], name=f"mm1_{b}"),
-                  helper.make_node("Relu", [f"h{b}"], [f"r{b}"], name=f"relu_{b}"),
-                  helper.make_node("MatMul", [f"r{b}", f"w2_{b}"], [f"o{b}"], name=f"mm2_{b}"),
-                  helper.make_node("Add", [f"o{b}", x], [f"y{b}"], name=f"add_{b}")]
-        x = f"y{b}"
-    g = helper.make_graph(nodes, "stack", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", d])],
-                          [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", d])], inits)
-    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
-    proto.ir_version = 10
-    model = ir.from_proto(proto)
-    ShapeInferencePass()(model)  # boundary tensors get types, as in real exports
-    PartitionPass()(model)
-    return model
+def residual_stack(nblocks=3, d=64, h=256, seed=0, widths=None):
+    """x -> nblocks x (MatMul -> Relu -> MatMul -> Add residual): one region per block (the
+    benchmark's builder, block widths ``widths`` or ``h`` throughout), partitioned."""
+    return deep_stack(nblocks, d, widths=tuple(widths or (h,)), seed=seed)
 
 
 def test_structural_sharing_and_measured_table():

@@ -3,7 +3,6 @@ every format passes onnx.checker, runs in ORT and matches the torch fake-quant e
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections import Counter
 from pathlib import Path

@@ -12,7 +12,6 @@ from). Writes OUT (+ OUT.data) atomically after ``onnx.checker``; IN is never mo
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 

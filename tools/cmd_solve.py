@@ -92,15 +92,10 @@ def _measured_inputs(model, args) -> dict:
     n = len(problem.unit_order) + (len(problem.neighbour_pairs()) if strategy == "ip-pairs" else 0)
     print(f"{strategy}: measuring on {data.num_samples} held-out samples (up to {n} ORT evaluations)", file=sys.stderr)
     kw = ev.strategy_kwargs(problem, strategy)
-    if strategy == "pareto-greedy":  # measure every unit now (with progress), the solve reuses the cache
-        from tqdm.auto import tqdm
+    if strategy == "pareto-greedy":  # measure every unit with a gain now (with progress); the solve reuses the cache
+        from onnx_amp.passes.solve import normalize_metric, pareto_front_greedy
 
-        from onnx_amp.passes.solve import normalize_metric
-
-        metric = normalize_metric(args.metric)
-        useful = [u for u in problem.unit_order if problem.unit_delta(u, metric)[0] > 0]
-        for u in tqdm(useful, desc="unit sensitivity (ORT)", unit="unit"):
-            kw["measure_unit"](u)
+        pareto_front_greedy(problem, normalize_metric(args.metric), kw["measure_unit"])
     print(f"  {ev.n_runs} ORT evaluations in {ev.seconds:.1f} s", file=sys.stderr)
     return kw
 
@@ -109,7 +104,7 @@ def run(args) -> int:
     import os
     import tempfile
 
-    from onnx_amp.passes.solve import SolvePass, pareto_sweep, plot_pareto, relative_tau
+    from onnx_amp.passes.solve import SolvePass, pareto_sweep, plot_pareto
     from onnx_amp.runtime.onnx_io import load_model, save_model
 
     src = Path(args.input)

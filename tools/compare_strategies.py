@@ -8,9 +8,11 @@ For each subject (SmolLM2-135M, MiniLM-sentiment) and target (``cpu``: {FP32, IN
    grid; each distinct plan is rewritten (emulate form) and run in ONNX Runtime on held-out data:
    measured loss MSE against the FP32 model and the task metric (perplexity / accuracy);
 3. at equal *measured* loss MSE (the budgets are the IP plans' measured MSEs), the best gain each
-   strategy reaches with a plan under that budget; the task metric of the plans chosen at the middle
+   strategy reaches with a plan under that budget (every other strategy also gets ``--refine_steps``
+   tau points bisected toward each budget, so a coarse grid does not favour the IP); the task metric of the plans chosen at the middle
    budget; with ``--e2e`` (cpu) the end-to-end time of those plans measured by ORT;
-4. ``results.md`` (tables), ``results.json`` and one Pareto PNG per subject/target.
+4. ``results.md`` (tables), ``results.json`` and one Pareto PNG per subject/target; plan evaluations
+   are kept in ``evals.*.json`` in ``--out`` and reused by a re-run with the same settings.
 
     python -m onnx_amp.tools.compare_strategies --out /tmp/cmp --small        # minutes, for development
     python -m onnx_amp.tools.compare_strategies --out /tmp/cmp                # the full run (~25 min, 2 cores)
@@ -115,7 +117,8 @@ def prepare(subject: str, target: str, n_calib: int, seq_len: int, workdir: Path
 class PlanEvaluator:
     """``runtime.evaluate.PlanEvaluator`` on a subject's held-out batch: {measured_mse, metric} per plan."""
 
-    def __init__(self, subject: str, annotated, batch: dict, target: str, batch_size: int = 8):
+    def __init__(self, subject: str, annotated, batch: dict, target: str, batch_size: int = 8,
+                 cache_file: Path | None = None):
         from onnx_amp.runtime.evaluate import PlanEvaluator as Evaluator
 
         n = len(batch["labels"])
@@ -123,6 +126,16 @@ class PlanEvaluator:
         self.ev = Evaluator(annotated, batches, "causal_lm" if subject == "smollm2" else "classification", target)
         self.metric_name = self.ev.metric_name
         self.ref_metric = self.ev.reference_metric["before"]
+        self.cache_file = cache_file
+        if cache_file is not None and cache_file.exists():  # evaluations of an earlier run (same model + data)
+            self.ev.cache.update(json.loads(cache_file.read_text()))
+            log.info("%s: %d plan evaluations reused from %s", subject, len(self.ev.cache), cache_file.name)
+
+    def save(self) -> None:
+        if self.cache_file is not None:
+            tmp = self.cache_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.ev.cache))
+            os.replace(tmp, self.cache_file)
 
     def evaluate(self, units: dict) -> dict:
         r = self.ev.evaluate(units)
@@ -152,7 +165,8 @@ def compare_one(subject: str, target: str, args, workdir: Path) -> dict:
                        args.roofline_seq, args.loss_model, _low_formats(args.targets))
     prob = problem_from_model(model)
     kw = {"seq_len": seq_len} if subject == "smollm2" else {"max_len": seq_len}
-    ev = PlanEvaluator(subject, model, subject_batch(subject, args.n_eval, "eval", seed=1, **kw), target)
+    ev = PlanEvaluator(subject, model, subject_batch(subject, args.n_eval, "eval", seed=1, **kw), target,
+                       cache_file=workdir / f"evals.{subject}.{target}.c{args.n_calib}.s{seq_len}.e{args.n_eval}.{args.loss_model}.json")
     metric = "time"  # measured for cpu (profile), roofline for gaudi2 (gains falls back to tt)
     log.info("%s/%s: %d regions, %d units; reference %s %.4f", subject, target, prob.n_regions,
              len(prob.unit_order), ev.metric_name, ev.ref_metric)
@@ -169,27 +183,48 @@ def compare_one(subject: str, target: str, args, workdir: Path) -> dict:
         log.info("%s/%s: %s", subject, target, pairs_note)
     elif args.pairs != "off":
         pairs = measure_pairs(prob, ev.ev.pair_measure(prob))
+        ev.save()
         strategies.append("ip-pairs")
 
     taus = tau_grid(prob, args.n_tau)
     rows = []
+
+    def point(s, t, refined=False):
+        sol = solve(prob, t, s, metric, pairs=pairs if s == "ip-pairs" else None, samples=args.samples, **(
+            solve_kw if s == "pareto-greedy" else {}))
+        m = ev.evaluate(sol.plan["units"])
+        rows.append({"strategy": s, "tau": t, "gain": sol.gain, "predicted_mse": sol.predicted_mse,
+                     "measured_mse": m["measured_mse"], "metric": m["metric"], "n_low": len(sol.plan["units"]),
+                     "units": sol.plan["units"], "feasible": sol.feasible, "refined": refined})
+
     for s in strategies:
-        grid = [taus[-1]] if s.startswith("uniform") else taus
-        for t in grid:
-            sol = solve(prob, t, s, metric, pairs=pairs if s == "ip-pairs" else None, samples=args.samples, **(
-                solve_kw if s == "pareto-greedy" else {}))
-            m = ev.evaluate(sol.plan["units"])
-            rows.append({"strategy": s, "tau": t, "gain": sol.gain, "predicted_mse": sol.predicted_mse,
-                         "measured_mse": m["measured_mse"], "metric": m["metric"], "n_low": len(sol.plan["units"]),
-                         "units": sol.plan["units"], "feasible": sol.feasible})
+        for t in ([taus[-1]] if s.startswith("uniform") else taus):
+            point(s, t)
         log.info("%s/%s: %s done (%d ORT evaluations so far, %.0fs)", subject, target, s, ev.n_runs, ev.seconds)
-    hi = solve(prob, math.inf, "uniform-high", metric)
-    rows.append({"strategy": "uniform-high", "tau": math.inf, "gain": hi.gain, "predicted_mse": hi.predicted_mse,
-                 **ev.evaluate(hi.plan["units"]), "n_low": 0, "units": {}, "feasible": True})
+    ev.save()
 
     # equal measured loss MSE: budgets = measured MSE of the IP plans (distinct, > 0)
     ip_m = sorted({r["measured_mse"] for r in rows if r["strategy"] == "ip" and r["n_low"] > 0})
     budgets = ip_m if len(ip_m) <= 4 else [ip_m[i] for i in np.unique(np.linspace(0, len(ip_m) - 1, 4).round().astype(int))]
+    # the budgets are the IP's own points; give every other strategy points near each budget too
+    # (log-space bisection of its tau between its last point under and first point over the budget)
+    for s in [x for x in strategies if x != "ip" and not x.startswith("uniform")]:
+        for b in budgets:
+            for _ in range(args.refine_steps):
+                pts = sorted((r["tau"], r["measured_mse"]) for r in rows if r["strategy"] == s)
+                under = [t for t, m in pts if m <= b * (1 + 1e-9)]
+                if not under:
+                    break
+                over = [t for t, m in pts if m > b * (1 + 1e-9) and t > max(under)]
+                if not over or min(over) / max(under) < 1.02:
+                    break
+                point(s, math.sqrt(max(under) * min(over)), refined=True)
+        log.info("%s/%s: %s refined near the budgets (%d ORT evaluations so far)", subject, target, s, ev.n_runs)
+    ev.save()
+    hi = solve(prob, math.inf, "uniform-high", metric)
+    rows.append({"strategy": "uniform-high", "tau": math.inf, "gain": hi.gain, "predicted_mse": hi.predicted_mse,
+                 **ev.evaluate(hi.plan["units"]), "n_low": 0, "units": {}, "feasible": True})
+
     names = list(dict.fromkeys(r["strategy"] for r in rows))
 
     def best_under(s, b):
@@ -349,6 +384,8 @@ def main(argv=None) -> int:
     ap.add_argument("--e2e", action=argparse.BooleanOptionalAction, default=True,
                     help="cpu: time the chosen plans end to end with ORT (default on)")
     ap.add_argument("--e2e_repeats", type=int, default=30)
+    ap.add_argument("--refine_steps", type=int, default=3,
+                    help="extra tau points per baseline and budget, bisected toward the budget (default 3)")
     ap.add_argument("--max_drop", type=float, default=None,
                     help="also bisect tau to this allowed task-metric drop (accuracy: absolute; perplexity: relative)")
     ap.add_argument("--bisect_steps", type=int, default=6)
