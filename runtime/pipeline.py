@@ -336,7 +336,7 @@ def optimize(
                     # the "actual error" loss model: each operand's real rounding error at the
                     # rewrite's scales, for the target's low formats (tools/fidelity.py: R^2 0.90-0.93
                     # vs 0.79 and below for the ideal alpha model on SmolLM2 / MiniLM)
-                    low = sorted({f for a in tgt.low_assignments for f in a if f != "fp32"})
+                    low = tgt.low_formats
                     if low:
                         measure_format_errors(model, cal, cres, low, batch_size=batch_size,
                                               loss=loss, progress=progress)

@@ -75,6 +75,11 @@ class Target:
         """The allowed assignments other than the high-precision default."""
         return [a for a in self.assignments if a != self.high]
 
+    @property
+    def low_formats(self) -> list[str]:
+        """The formats the low assignments use, FP32 aside: what the measured loss model covers."""
+        return sorted({f for a in self.low_assignments for f in a if f != "fp32"})
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "description": self.description, "formats": list(self.formats),

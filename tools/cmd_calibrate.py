@@ -57,8 +57,7 @@ def _formats(args) -> list[str]:
             except (KeyError, ValueError):
                 raise OnnxAmpError(f"--formats {f!r}: unknown format; use e.g. int8, fp8_e4m3, fp8_e5m2, bf16, fp16") from None
         return [f for f in names if f != "fp32"]
-    tgt = load_target(args.target)
-    return sorted({f for a in tgt.low_assignments for f in a if f != "fp32"})
+    return load_target(args.target).low_formats
 
 
 def run(args) -> int:

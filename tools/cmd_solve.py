@@ -62,8 +62,9 @@ def _check_out(path: Path, what: str) -> None:
         raise OnnxAmpError(f"{path}: is a directory; give a file path")
 
 
-def _measured_inputs(model, args) -> dict:
-    """``solve`` keyword arguments with the measured inputs of pareto-greedy / ip-pairs."""
+def _measured_inputs(model, args):
+    """(``solve`` keyword arguments with the measured inputs of pareto-greedy / ip-pairs, the
+    evaluator or None)."""
     from onnx_amp.passes.solve import problem_from_model
     from onnx_amp.runtime.evaluate import MEASURED_STRATEGIES, PlanEvaluator
 
@@ -71,14 +72,14 @@ def _measured_inputs(model, args) -> dict:
     if strategy not in MEASURED_STRATEGIES:
         if args.eval_data:
             print(f"note: --eval_data is only used by {' and '.join(MEASURED_STRATEGIES)}", file=sys.stderr)
-        return {}
+        return {}, None
     if not args.eval_data:
         if strategy == "ip-pairs":
             raise OnnxAmpError(f"{args.input}: --strategy ip-pairs measures neighbour pair terms on held-out samples; "
                                "give --eval_data DATA (.npz, or .txt with --tokenizer)")
         print("note: pareto-greedy without --eval_data orders units by predicted sensitivity "
               "(give --eval_data to measure each unit, AIMET's way)", file=sys.stderr)
-        return {}
+        return {}, None
     if args.eval_samples < 1 or args.batch_size < 1:
         raise OnnxAmpError("--eval_samples and --batch_size must be >= 1")
     from onnx_amp.runtime.data import load_calibration_data
@@ -91,13 +92,7 @@ def _measured_inputs(model, args) -> dict:
     problem = problem_from_model(model)
     n = len(problem.unit_order) + (len(problem.neighbour_pairs()) if strategy == "ip-pairs" else 0)
     print(f"{strategy}: measuring on {data.num_samples} held-out samples (up to {n} ORT evaluations)", file=sys.stderr)
-    kw = ev.strategy_kwargs(problem, strategy)
-    if strategy == "pareto-greedy":  # measure every unit with a gain now (with progress); the solve reuses the cache
-        from onnx_amp.passes.solve import normalize_metric, pareto_front_greedy
-
-        pareto_front_greedy(problem, normalize_metric(args.metric), kw["measure_unit"])
-    print(f"  {ev.n_runs} ORT evaluations in {ev.seconds:.1f} s", file=sys.stderr)
-    return kw
+    return ev.strategy_kwargs(problem, strategy), ev
 
 
 def run(args) -> int:
@@ -116,9 +111,11 @@ def run(args) -> int:
         raise OnnxAmpError(f"{out}: is the input file; write the solved model to a new path")
     model = load_model(src)
     kw = {"samples": args.samples, "seed": args.seed, "solver_name": args.solver}
-    measured_kw = _measured_inputs(model, args)
+    measured_kw, evaluator = _measured_inputs(model, args)
     sp = SolvePass(args.strategy, tau=args.tau, tau_relative=args.tau_relative, metric=args.metric, **kw, **measured_kw)
     sp(model)
+    if evaluator is not None:
+        print(f"  {evaluator.n_runs} ORT evaluations in {evaluator.seconds:.1f} s", file=sys.stderr)
     sol, prob = sp.solution, sp.problem
     n_units = len(prob.unit_order)
     print(f"strategy {sol.strategy}, metric {sol.metric}, tau {sol.tau:.4g} "

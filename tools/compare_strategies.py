@@ -53,8 +53,7 @@ def _low_formats(targets: str) -> list[str]:
     """The low formats of the compared targets (what the measured loss model covers)."""
     from onnx_amp.runtime.targets import load_target
 
-    return sorted({f for t in targets.split(",") if t.strip() for a in load_target(t.strip()).low_assignments
-                   for f in a if f != "fp32"})
+    return sorted({f for t in targets.split(",") if t.strip() for f in load_target(t.strip()).low_formats})
 
 
 def prepare(subject: str, target: str, n_calib: int, seq_len: int, workdir: Path, profile_repeats: int = 5,
