@@ -190,7 +190,6 @@ def optimize(
     ``measure``: time region configurations with ORT at batch 1 (default: when the target's measured
     backend is this CPU); otherwise roofline time at batch ``roofline_batch`` (default 64).
     """
-
     from onnx_amp.passes.gains import GainsPass
     from onnx_amp.passes.partition import PartitionPass
     from onnx_amp.passes.plan import ApplyPlanPass, Plan
@@ -373,6 +372,7 @@ def optimize(
             problem = problem_from_model(model)
             bisection = None
             solve_kw: dict = {}
+            evaluator = None
             if accuracy_drop is not None or strategy.lower().replace("_", "-") in MEASURED_STRATEGIES:
                 # real ORT evaluations on the held-out samples: the accuracy bound's bisection, and
                 # the measured unit sensitivities (pareto-greedy) / pair terms (ip-pairs)
@@ -417,7 +417,9 @@ def optimize(
         # --- 7. validate
         with stage("validate"):
             val_batches = _batches(val, batch_size)
-            mse, task = evaluate_models(model, amp, val_batches, loss)
+            # the evaluator (bisection / measured strategies) already ran the reference on these samples
+            mse, task = (evaluator.reference.compare(amp) if evaluator is not None
+                         else evaluate_models(model, amp, val_batches, loss))
             t_ref = t_amp = gain_meas = None
             try:
                 from onnx_amp.runtime.profile import time_model

@@ -76,9 +76,8 @@ def prepare(subject: str, target: str, n_calib: int, seq_len: int, workdir: Path
     tag = f"{subject}.{target}.c{n_calib}.s{seq_len}{lm}" + ("" if target == "cpu" else f".b{roofline_batch}x{roofline_seq}")
     cached = workdir / f"{tag}.annotated.onnx"
     if cached.exists():
-        return load_model(cached), load_model(ensure_subject_onnx(subject))
+        return load_model(cached)
     src = ensure_subject_onnx(subject)
-    ref = load_model(src)
     calibrated = workdir / f"{subject}.c{n_calib}.s{seq_len}{lm}.calibrated.onnx"
     if calibrated.exists():
         m = load_model(calibrated)
@@ -110,7 +109,7 @@ def prepare(subject: str, target: str, n_calib: int, seq_len: int, workdir: Path
     else:
         GainsPass(target, batch_size=roofline_batch, seq_len=roofline_seq)(m)
     save_model(m, cached)
-    return load_model(cached), ref
+    return load_model(cached)
 
 
 class PlanEvaluator:
@@ -160,7 +159,7 @@ def compare_one(subject: str, target: str, args, workdir: Path) -> dict:
 
     t_start = time.perf_counter()
     seq_len = args.seq_len if subject == "smollm2" else args.max_len
-    model, _ = prepare(subject, target, args.n_calib, seq_len, workdir, args.profile_repeats, args.roofline_batch,
+    model = prepare(subject, target, args.n_calib, seq_len, workdir, args.profile_repeats, args.roofline_batch,
                        args.roofline_seq, args.loss_model, _low_formats(args.targets))
     prob = problem_from_model(model)
     kw = {"seq_len": seq_len} if subject == "smollm2" else {"max_len": seq_len}
