@@ -71,15 +71,18 @@ def _source_files(model: ir.Model) -> set[Path]:
     return files
 
 
-def check_output_path(path: str | os.PathLike) -> tuple[Path, Path]:
+def check_output_path(path: str | os.PathLike, what: str = "output") -> tuple[Path, Path]:
     """``(out, parent)`` for an output file, or ``OnnxAmpError`` when its folder is missing or not
-    writable (callers with long work ahead check this first, so they fail before the work)."""
+    writable, or the path is a directory (callers with long work ahead check this first, so they
+    fail before the work). ``what`` names the option in the message (``--plan``, ``--json``)."""
     out = Path(path)
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
-        raise OnnxAmpError(f"{out}: output folder {parent} does not exist")
+        raise OnnxAmpError(f"{out}: {what} folder {parent} does not exist; create it or choose another path")
     if not os.access(parent, os.W_OK):
-        raise OnnxAmpError(f"{out}: output folder {parent} is not writable; choose another -o path")
+        raise OnnxAmpError(f"{out}: {what} folder {parent} is not writable; choose another path")
+    if out.is_dir():
+        raise OnnxAmpError(f"{out}: is a directory; give a file path")
     return out, parent
 
 

@@ -64,7 +64,7 @@ def run(args) -> int:
     from onnx_amp.passes.sensitivity import AnnotateSensitivityPass
     from onnx_amp.runtime.calibrate import calibrate, measure_format_errors
     from onnx_amp.runtime.data import load_calibration_data
-    from onnx_amp.runtime.onnx_io import OnnxAmpError, load_model, save_model
+    from onnx_amp.runtime.onnx_io import OnnxAmpError, check_output_path, load_model, save_model
 
     src = Path(args.input)
     out = Path(args.output) if args.output else src.with_name(src.stem + ".calib.onnx")
@@ -72,10 +72,7 @@ def run(args) -> int:
         raise OnnxAmpError(f"--batch_size {args.batch_size}: must be >= 1")
     if args.calibration_samples is not None and args.calibration_samples < 1:
         raise OnnxAmpError(f"--calibration_samples {args.calibration_samples}: must be >= 1")
-    import os
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise OnnxAmpError(f"{out}: output folder {parent} does not exist or is not writable; choose another -o path")
+    check_output_path(out)
     if out.resolve() == src.resolve():
         raise OnnxAmpError(f"{out}: would overwrite the input model; write to a new path")
     formats = _formats(args) if args.loss_model == "measured" else []

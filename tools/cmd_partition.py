@@ -7,11 +7,10 @@ OUT.onnx.data) atomically; IN is never modified.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
-from onnx_amp.runtime.onnx_io import OnnxAmpError, save_json
+from onnx_amp.runtime.onnx_io import OnnxAmpError, check_output_path, save_json
 
 
 def register(subparsers) -> None:
@@ -27,16 +26,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _check_output(out: Path, what: str) -> None:
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise OnnxAmpError(f"{out}: {what} folder {parent} does not exist; create it or choose another path")
-    if not os.access(parent, os.W_OK):
-        raise OnnxAmpError(f"{out}: {what} folder {parent} is not writable; choose another path")
-    if out.is_dir():
-        raise OnnxAmpError(f"{out}: is a directory; give a file path")
-
-
 def run(args) -> int:
     from onnx_amp.passes.partition import PartitionPass, partition_summary
     from onnx_amp.passes.annotations import REGIONS, get_json
@@ -44,9 +33,9 @@ def run(args) -> int:
 
     src = Path(args.input)
     out = Path(args.output) if args.output else src.with_name(src.name.removesuffix(".onnx") + ".partitioned.onnx")
-    _check_output(out, "output")
+    check_output_path(out, "output")
     if args.json:
-        _check_output(Path(args.json), "--json")
+        check_output_path(args.json, "--json")
     if src.exists() and out.exists() and out.resolve() == src.resolve():
         raise OnnxAmpError(f"{out}: is the input file; write the partitioned model to a new path")
     model = load_model(src)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from onnx_amp.runtime.onnx_io import OnnxAmpError
+from onnx_amp.runtime.onnx_io import OnnxAmpError, check_output_path
 
 
 def register(subparsers) -> None:
@@ -52,14 +52,6 @@ def register(subparsers) -> None:
                    help="per-sample loss (default: detected from the model's output)")
     p.add_argument("--solver", default=None, help="HiGHS or CBC (default: HiGHS when installed)")
     p.set_defaults(func=run)
-
-
-def _check_out(path: Path, what: str) -> None:
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise OnnxAmpError(f"{path}: {what} folder {parent} does not exist; create it or choose another path")
-    if path.is_dir():
-        raise OnnxAmpError(f"{path}: is a directory; give a file path")
 
 
 def _measured_inputs(model, args):
@@ -106,7 +98,7 @@ def run(args) -> int:
     out = Path(args.output) if args.output else src.with_name(src.name.removesuffix(".onnx") + ".solved.onnx")
     plan_path = Path(args.plan) if args.plan else out.with_name("plan.json")
     for pth, what in ((out, "output"), (plan_path, "--plan"), *(((Path(args.pareto), "--pareto"),) if args.pareto else ())):
-        _check_out(pth, what)
+        check_output_path(pth, what)
     if src.exists() and out.exists() and out.resolve() == src.resolve():
         raise OnnxAmpError(f"{out}: is the input file; write the solved model to a new path")
     model = load_model(src)
