@@ -58,11 +58,9 @@ class _Reference:
         self.batches = batches
         self.spec = resolve_loss(loss, ref_model)
         sess = make_session(ref_model, exact_qdq=True)
+        # unlabeled classification scores the reference against its own prediction (the loss's
+        # default), and every plan against the reference's prediction (``compare``)
         self.losses, self.outputs = per_sample_losses(sess, batches, self.spec)
-        self.unlabeled_classification = self.spec.name == "classification" and not all("labels" in b for b in batches)
-        if self.unlabeled_classification:
-            # unlabeled: score the reference against its own prediction too
-            self.losses, _ = per_sample_losses(sess, batches, self.spec, reference=self.outputs)
 
     def compare(self, plan_model: ir.Model) -> tuple[float, dict]:
         import torch
