@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from onnx_amp.passes.solver_backend import select_solver
 from onnx_amp.runtime.onnx_io import OnnxAmpError
 
 log = logging.getLogger("onnx_amp.solve")
@@ -278,12 +279,8 @@ def unit_loss_from_stats(
 
 
 def solver_name_default() -> str:
-    try:
-        import highspy  # noqa: F401
-
-        return "HiGHS"
-    except Exception:
-        return "CBC"
+    """The first solver ``mip`` can really use here (``passes.solver_backend.select_solver``)."""
+    return select_solver().name
 
 
 def _pareto_filter(T: np.ndarray, D: np.ndarray) -> list[int]:
@@ -365,7 +362,7 @@ def solve_ip(
     metric = normalize_metric(metric)
     check_tau(problem, tau)
     pairs = {k: v for k, v in (pairs or {}).items() if v != 0.0}
-    solver_name = solver_name or solver_name_default()
+    solver_name = select_solver(solver_name).name
     arrays = problem.arrays(metric)
     # candidate configurations per region
     if prune and not pairs:
@@ -585,6 +582,8 @@ class Solution:
     feasible: bool
     seconds: float
     plan: dict = field(default_factory=dict)
+    solver: str | None = None  # the integer-program solver that ran (ip strategies)
+    notes: list[str] = field(default_factory=list)
 
 
 def solve(
@@ -608,6 +607,8 @@ def solve(
     t0 = time.perf_counter()
     if strategy not in ("uniform-high", "uniform-low"):
         check_tau(problem, tau)
+    choice = select_solver(solver_name) if strategy in ("ip", "ip-pairs") else None
+    solver_name = choice.name if choice else solver_name
     if strategy == "ip":
         sel = solve_ip(problem, tau, metric, solver_name=solver_name)
     elif strategy == "ip-pairs":
@@ -631,7 +632,8 @@ def solve(
     dt = time.perf_counter() - t0
     g, d = problem.totals(sel, metric)
     d += pair_mse(problem, sel, pairs if strategy == "ip-pairs" else None)
-    sol = Solution(strategy, metric, float(tau), list(sel), g, d, bool(d <= tau * (1 + 1e-9)), dt)
+    sol = Solution(strategy, metric, float(tau), list(sel), g, d, bool(d <= tau * (1 + 1e-9)), dt,
+                   solver=choice.name if choice else None, notes=[choice.note] if choice and choice.note else [])
     sol.plan = make_plan(problem, sol)
     return sol
 
@@ -676,6 +678,7 @@ def make_plan(problem: Problem, sol: Solution) -> dict:
         "predicted_mse": sol.predicted_mse,
         "predicted_gain": gains,
         "feasible": sol.feasible,
+        **({"solver": sol.solver} if sol.solver else {}),
     }
 
 

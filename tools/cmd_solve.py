@@ -50,7 +50,7 @@ def register(subparsers) -> None:
     e.add_argument("--batch_size", type=int, default=8, metavar="B")
     e.add_argument("--loss", default="auto", choices=["auto", "causal_lm", "classification"],
                    help="per-sample loss (default: detected from the model's output)")
-    p.add_argument("--solver", default=None, help="HiGHS or CBC (default: HiGHS when installed)")
+    p.add_argument("--solver", default=None, help="HiGHS or CBC (default: the first of the two that mip can use here)")
     p.set_defaults(func=run)
 
 
@@ -109,6 +109,8 @@ def run(args) -> int:
     if evaluator is not None:
         print(f"  {evaluator.n_runs} ORT evaluations in {evaluator.seconds:.1f} s", file=sys.stderr)
     sol, prob = sp.solution, sp.problem
+    for n in sol.notes:
+        print(f"note: {n}", file=sys.stderr)
     n_units = len(prob.unit_order)
     print(f"strategy {sol.strategy}, metric {sol.metric}, tau {sol.tau:.4g} "
           f"(all-low plan: {prob.all_low_mse():.4g}, smallest feasible: {prob.min_mse():.4g})")
