@@ -17,9 +17,7 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-
-class OnnxAmpError(Exception):
-    """A user-facing error: one line saying what went wrong, where, and what to do."""
+from onnx_amp.core.errors import OnnxAmpError  # noqa: F401  (re-exported: its historical home)
 
 
 def load_model(path: str | os.PathLike) -> ir.Model:
