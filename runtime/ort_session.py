@@ -2,8 +2,8 @@
 
 - ``make_session(model_or_path, optimize=True, threads=None)``: CPU EP. When the model has FP8
   Q/DQ, ``disabled_optimizers=["QDQSelectorActionTransformer", "ReluQuantRewrite"]`` ALWAYS (ORT's
-  QDQ fusions turn FP8 DQ->MatMul into integer kernels that reject float8 inputs, see
-  tests/test_ort_session.py); otherwise ORT's default optimizations, so INT8 Q/DQ fuses into
+  QDQ fusions turn FP8 DQ->MatMul into integer kernels: before onnxruntime 1.32 the session
+  failed to build; 1.32.0 builds it and returns wrong logits; see tests/test_ort_session.py); otherwise ORT's default optimizations, so INT8 Q/DQ fuses into
   MatMulIntegerToFloat / QLinearMatMul / QLinearConv. In-memory models with external data are
   saved to a temporary folder first (kept alive with the session).
   INT8 Q/DQ models run without CommonSubexpressionElimination (see INT8_DISABLED_OPTIMIZERS).
@@ -26,7 +26,7 @@ import torch
 
 from onnx_amp.runtime.onnx_io import OnnxAmpError, load_model
 
-# The two the team rules require, plus ClipQuantRewrite: Clip (ReLU6) -> Q with a float8 zero point
+# The two QDQ fusions that mistreat FP8 Q/DQ, plus ClipQuantRewrite: Clip (ReLU6) -> Q with a float8 zero point
 # aborts session creation ("Unexpected data type for QuantizeLinear input y_zero_point of 17").
 FP8_DISABLED_OPTIMIZERS = ["QDQSelectorActionTransformer", "ReluQuantRewrite", "ClipQuantRewrite"]
 # INT8 Q/DQ: the rewrite gives each consumer layer its own Q -> DQ (ORT fuses DQ -> MatMul into

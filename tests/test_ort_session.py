@@ -52,18 +52,28 @@ def _lowered(fmt, form="emulate"):
     return RewritePass(form)(m).model
 
 
-def test_fp8_needs_the_session_options():
-    """ORT's default QDQ fusions break FP8 Q/DQ on this ORT version; make_session's options fix it."""
+def test_fp8_session_options_give_the_defined_qdq_math():
+    """make_session runs FP8 Q/DQ with the QDQ fusions off, and gets exactly the math ONNX defines
+    (the same model with every ORT optimization off), whatever ORT's default options do with it: they
+    failed at session creation before onnxruntime 1.32; 1.32.0 creates the session but its fused
+    kernels return wrong logits (max abs error 10 on this model, measured). Neither is asserted
+    here: only that the workaround keeps giving the defined result."""
     out = _lowered("fp8_e4m3")
     proto = ir.to_proto(out).SerializeToString()
+    x = _batches(1)[0]
+    sess = make_session(out)
+    assert sess._onnx_amp_fp8
+    ours = run(sess, x)["logits"]
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    with pytest.raises(Exception, match="float8e4m3fn|MatMulIntegerToFloat|NOT_IMPLEMENTED|INVALID_GRAPH"):
-        ort.InferenceSession(proto, so, providers=["CPUExecutionProvider"])
     ok = ort.InferenceSession(proto, so, providers=["CPUExecutionProvider"], disabled_optimizers=FP8_DISABLED_OPTIMIZERS)
-    x = _batches(1)[0]
-    np.testing.assert_array_equal(ok.run(None, x)[0], run(make_session(out), x)["logits"])
-    assert make_session(out)._onnx_amp_fp8
+    np.testing.assert_array_equal(ok.run(None, x)[0], ours)
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    plain = ort.InferenceSession(proto, so, providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(plain.run(None, x)[0], ours, rtol=1e-5, atol=1e-5)
+    # and the FP8 result is the FP8 one: it differs from the FP32 model by more than rounding noise
+    fp32 = run(make_session(_classifier()), x)["logits"]
+    assert 1e-4 < np.abs(fp32 - ours).max() < 0.2 * np.abs(fp32).max()
 
 
 def test_external_data_in_memory_and_path(tmp_path):
