@@ -50,6 +50,9 @@ import onnx_ir as ir
 
 from onnx_amp.passes import annotations as ann
 from onnx_amp.runtime.onnx_io import OnnxAmpError, load_model, save_model
+from onnx_amp.runtime.preflight import (
+    OutputDir, check_backend, check_data_file, check_disk, check_output_dir, check_solver, model_bytes,
+)
 
 # With no bound given, the plan must keep the task metric within 1 % of the original, found by
 # bisection over tau with ORT evaluations (Schaefer's and AIMET's way of meeting a user bound).
@@ -216,6 +219,10 @@ def optimize(
         raise OnnxAmpError("batch_size and seq_len must be >= 1")
     if loss_model not in ("measured", "ideal"):
         raise OnnxAmpError(f"unknown loss_model {loss_model!r}; use 'measured' (actual rounding error) or 'ideal' (alpha)")
+    from onnx_amp.passes.solve import STRATEGIES
+
+    if strategy.lower().replace("_", "-") not in STRATEGIES:
+        raise OnnxAmpError(f"unknown strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
     tgt = load_target(target)
     if measure is None:
         measure = tgt.measured_backend == "ort_cpu"
@@ -239,7 +246,7 @@ def optimize(
         stage_s[nm] = time.perf_counter() - t0
         say(f"[onnx-amp] {nm} done in {stage_s[nm]:.1f} s")
 
-    # --- where outputs go; validated before any heavy work
+    # --- where outputs go
     subject = _subject_name(source)
     src_path = None if isinstance(source, ir.Model) or subject else Path(source)
     if src_path is not None and not src_path.exists() and ":" not in str(source):
@@ -259,12 +266,32 @@ def optimize(
             output_dir = src_path.parent / f"{src_path.name}.amp"
         else:
             output_dir = Path.cwd() / f"{name}.amp"
-    out_dir = Path(output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not os.access(out_dir, os.W_OK):
-        raise OnnxAmpError(f"{out_dir}: output folder is not writable; choose another output_dir")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.onnx-amp.", dir=out_dir))
+    out = OutputDir(output_dir)
+    out_dir = out.path
+
+    # --- preflight: what the run will need, checked in seconds before the long work
+    with stage("preflight"):
+        check_output_dir(out_dir, "output folder")
+        if strategy.lower().replace("_", "-") in ("ip", "ip-pairs") or pareto:
+            notes += check_solver(strategy)
+        check_backend(tgt)
+        for nm, d in (("calibration_data", calibration_data), ("validation_data", validation_data)):
+            if isinstance(d, (str, os.PathLike)):
+                check_data_file(d, f"--{nm}")
+        check_disk(out_dir, 64 * 2**20)
+
+    tmp: Path | None = None
     files: dict[str, Path] = {}
+    failed = True
+
+    def work_dir() -> Path:
+        """The hidden folder outputs are written to; creating it creates (and locks) the output folder."""
+        nonlocal tmp
+        if tmp is None:
+            out.create()
+            tmp = Path(tempfile.mkdtemp(prefix=f".{name}.onnx-amp.", dir=out_dir))
+        return tmp
+
     try:
         # --- 1. source -> ir.Model
         with stage("load/export"):
@@ -279,7 +306,7 @@ def optimize(
             else:
                 from onnx_amp.runtime.export import export_model
 
-                exported = export_model(str(source), tmp / f"{name}.exported.onnx", verbose=verbose)
+                exported = export_model(str(source), work_dir() / f"{name}.exported.onnx", verbose=verbose)
                 model = load_model(exported)
                 if keep_intermediate:
                     files["exported"] = exported
@@ -312,6 +339,9 @@ def optimize(
                 if calibration_samples:
                     cal = {k: v[:calibration_samples] for k, v in cal.items()}
             say(f"[onnx-amp] {_n_samples(cal)} calibration samples, {_n_samples(val)} held-out samples")
+        # the outputs: the emulate and deploy models (plus each stage's model when kept), figures
+        check_disk(out_dir, (2 + 4 * keep_intermediate) * model_bytes(model) + 64 * 2**20)
+        work_dir()
         # --- 2. partition
         if not ann.layer_nodes(model.graph):
             with stage("partition"):
@@ -387,6 +417,7 @@ def optimize(
             else:
                 tau_used = tau if tau is not None else relative_tau(problem, tau_relative)
                 sol = solve(problem, tau_used, strategy, metric, **solve_kw)
+            notes += [f"solver: {n}" for n in dict.fromkeys(sol.notes)]
             plan = plan_object(sol)
             ApplyPlanPass(plan, target=tgt.name)(model)
             if not sol.feasible:
@@ -465,6 +496,7 @@ def optimize(
                 write_report(tmp, model, results)
                 files["report"] = tmp / "report.md"
         # --- move into place
+        tmp = work_dir()
         final: dict[str, Path] = {}
         for p in sorted(tmp.iterdir()):
             dest = out_dir / p.name
@@ -478,8 +510,11 @@ def optimize(
             os.replace(p, dest)
         for k, v in files.items():
             final[k] = out_dir / Path(v).name
+        failed = False
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        out.release(failed)
     plan_json = dict(plan_json, _formats=formats)
     stage_s["total"] = sum(stage_s.values())
     res = Result(name=name, output_dir=out_dir, files=final, plan=plan_json, target=tgt.name,
