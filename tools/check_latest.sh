@@ -13,8 +13,8 @@ trap 'rm -rf "$tmp"' EXIT
 "$PY" -m venv "$tmp/venv" || exit 2
 PYTHON="$tmp/venv/bin/python" bash tools/install.sh --ranges > "$tmp/install.log" 2>&1 || {
   echo "check_latest: install failed:"; tail -30 "$tmp/install.log"; exit 2; }
-"$tmp/venv/bin/python" -m pip freeze --exclude-editable --disable-pip-version-check \
-  | sed -E 's/^torch==([0-9.]+)\+cpu$/torch==\1/' > "$tmp/latest.txt"
+"$tmp/venv/bin/python" -m pip freeze --all --exclude-editable --disable-pip-version-check \
+  | grep -v '^pip==' | sed -E 's/^torch==([0-9.]+)\+cpu$/torch==\1/' > "$tmp/latest.txt"
 echo "== packages that moved against requirements.lock (locked -> latest allowed)"
 "$PY" - requirements.lock "$tmp/latest.txt" <<'PY'
 import re, sys

@@ -20,8 +20,9 @@ here=$("$tmp/venv/bin/python" -c 'import platform, sys; print(f"python {sys.vers
   echo "# resolved for: $here"
   # torch: the CPU build lies on this machine's disk as 2.13.0+cpu; '==2.13.0' selects it here
   # and stays installable elsewhere (where it is the CUDA build: see README)
-  "$tmp/venv/bin/python" -m pip freeze --exclude-editable --disable-pip-version-check \
-    | sed -E 's/^torch==([0-9.]+)\+cpu$/torch==\1/' | LC_ALL=C sort -f
+  # --all: setuptools is a runtime dependency of torch; pip itself is the installer, not locked
+  "$tmp/venv/bin/python" -m pip freeze --all --exclude-editable --disable-pip-version-check \
+    | grep -v '^pip==' | sed -E 's/^torch==([0-9.]+)\+cpu$/torch==\1/' | LC_ALL=C sort -f
 } > requirements.lock.tmp
 mv requirements.lock.tmp requirements.lock
 echo "lock.sh: wrote requirements.lock ($(grep -vc '^#' requirements.lock) packages)"
