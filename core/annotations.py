@@ -23,6 +23,8 @@ Node keys
 ``onnx_amp.sens.measured`` JSON {"a"|"w"|"b": {format: predicted loss MSE term}} from the measured
                           rounding error of each operand (optional "actual error" loss model)
 ``onnx_amp.precision``    the plan's assignment of the layer, e.g. ``w=fp8_e4m3,a=fp8_e4m3``
+``onnx_amp.inserted_by``  on nodes the rewrite inserted (``rewrite``): never mistaken for layers
+``onnx_amp.inserted_for`` the layer id such a node was inserted for
 
 Model keys
 ----------
@@ -30,6 +32,9 @@ Model keys
 ``onnx_amp.calibration``  JSON: samples, loss, unmatched layers, ...
 ``onnx_amp.gains``        JSON gain tables per region configuration (see ``passes.gains``)
 ``onnx_amp.plan``         JSON plan (same schema as ``plan.json``)
+``onnx_amp.target``       JSON: the target the gains and the plan are for (its whole description,
+                          so a custom target file travels with the model)
+``onnx_amp.rewrite``      JSON: the rewrite's form and notes (a rewritten model is never rewritten again)
 """
 
 from __future__ import annotations
@@ -61,12 +66,16 @@ AMAX_B = "onnx_amp.amax.b"
 AMAX_Y = "onnx_amp.amax.y"
 SENS_MEASURED = "onnx_amp.sens.measured"
 PRECISION = "onnx_amp.precision"
+INSERTED_BY = "onnx_amp.inserted_by"
+INSERTED_FOR = "onnx_amp.inserted_for"
 
 # model keys
 REGIONS = "onnx_amp.regions"
 CALIBRATION = "onnx_amp.calibration"
 GAINS = "onnx_amp.gains"
 PLAN = "onnx_amp.plan"
+TARGET = "onnx_amp.target"
+REWRITE = "onnx_amp.rewrite"
 
 # the torch exporter's own keys
 TORCH_NAME_SCOPES = "pkg.torch.onnx.name_scopes"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from onnx_amp.core.errors import OnnxAmpError  # noqa: F401  (re-exported: its historical home)
+from onnx_amp.core.errors import OnnxAmpError
 
 
 def load_model(path: str | os.PathLike) -> ir.Model:

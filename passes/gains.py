@@ -41,18 +41,14 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from onnx_amp.passes import annotations as ann
-from onnx_amp.runtime.formats import get_format
-from onnx_amp.runtime.onnx_io import OnnxAmpError
-from onnx_amp.runtime.targets import Target, load_target
+from onnx_amp.core.ops import FREE_OPS, LAYER_OPS
+from onnx_amp.core import annotations as ann
+from onnx_amp.core.formats import get_format
+from onnx_amp.core.errors import OnnxAmpError
+from onnx_amp.core.targets import Target, load_target
 
 logger = logging.getLogger(__name__)
 
-LAYER_OPS = {"MatMul", "Gemm", "Conv", "ConvTranspose"}
-FREE_OPS = {
-    "Shape", "Size", "Constant", "ConstantOfShape", "Reshape", "Squeeze", "Unsqueeze", "Identity",
-    "Flatten", "Range", "CastLike_shape",
-}
 MAX_CONFIGS = 64
 
 Assignment = tuple[str, str]

@@ -22,9 +22,9 @@ from typing import Any, Mapping
 import numpy as np
 import onnx_ir as ir
 
-from onnx_amp.passes import annotations as A
-from onnx_amp.runtime.formats import Format, get_format
-from onnx_amp.runtime.onnx_io import OnnxAmpError
+from onnx_amp.core import annotations as A
+from onnx_amp.core.formats import Format, get_format
+from onnx_amp.core.errors import OnnxAmpError
 
 INT8_LEVELS = 127.0
 

@@ -20,7 +20,8 @@ import ast
 
 import onnx_ir as ir
 
-from onnx_amp.passes.annotations import MODULE, TORCH_NAME_SCOPES
+from onnx_amp.core.ops import LAYER_OPS
+from onnx_amp.core.annotations import MODULE, TORCH_NAME_SCOPES
 
 
 def parse_name_scopes(text: str) -> list[str]:
@@ -51,7 +52,6 @@ def module_path(scopes: list[str], strip_prefix: str = "") -> str:
     return path
 
 
-LAYER_OPS = {"MatMul", "Gemm", "Conv", "ConvTranspose"}
 
 
 def _parent(path: str) -> str:

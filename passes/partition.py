@@ -2,7 +2,7 @@
 
 ``partition(model)`` is pure (it reads the model and returns a :class:`Partition`);
 ``PartitionPass`` is the onnx-ir in-place pass that writes the result into ``metadata_props``
-(keys from :mod:`onnx_amp.passes.annotations`). Everything is linear in the number of nodes.
+(keys from :mod:`onnx_amp.core.annotations`). Everything is linear in the number of nodes.
 
 Rules (METHOD.md section 2, issue 2):
 
@@ -61,16 +61,10 @@ from dataclasses import dataclass, field
 
 import onnx_ir as ir
 
-from onnx_amp.passes import annotations as ann
-from onnx_amp.runtime.onnx_io import OnnxAmpError
+from onnx_amp.core.ops import CONTROL_FLOW_OPS, GRAPH_ATTR_OPS, LAYER_OPS, NONDETERMINISTIC_OPS, SHAPE_OPS
+from onnx_amp.core import annotations as ann
+from onnx_amp.core.errors import OnnxAmpError
 
-LAYER_OPS = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose"})
-CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan"})
-GRAPH_ATTR_OPS = CONTROL_FLOW_OPS | {"SequenceMap"}  # standard ops that may carry subgraphs
-SHAPE_OPS = frozenset({"Shape", "Size"})
-NONDETERMINISTIC_OPS = frozenset(
-    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli", "Dropout"}
-)
 _PARTITION_NODE_KEYS = (ann.LAYER, ann.LAYER_KIND, ann.UNIT, ann.WEIGHT_INPUT, ann.WEIGHT_AXIS)
 
 

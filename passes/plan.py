@@ -29,9 +29,11 @@ from typing import Any, Iterable
 
 import onnx_ir as ir
 
-from onnx_amp.passes import annotations as A
-from onnx_amp.runtime.formats import FORMATS, get_format
-from onnx_amp.runtime.onnx_io import OnnxAmpError, save_json
+from onnx_amp.core import annotations as A
+from onnx_amp.core.formats import FORMATS, get_format
+from onnx_amp.core.targets import load_target, target_from_dict
+from onnx_amp.core.errors import OnnxAmpError
+from onnx_amp.core.onnx_io import save_json
 
 PLAN_VERSION = 1
 _KNOWN_KEYS = ("version", "target", "strategy", "tau", "units", "predicted_mse", "predicted_gain")
@@ -138,17 +140,6 @@ class Plan:
 
 # ---- targets ------------------------------------------------------------------------------
 
-# Used only when ``onnx_amp.runtime.targets`` cannot describe a target (it is owned by the gains
-# work; these mirror the datasheets' format sets). ``assignments`` None = any pair of formats.
-_FALLBACK_TARGETS: dict[str, dict[str, Any]] = {
-    "cpu": {"formats": ["fp32", "bf16", "fp16", "fp8_e4m3", "fp8_e5m2", "int8"], "high": ("fp32", "fp32")},
-    "h100": {"formats": ["fp32", "bf16", "fp16", "fp8_e4m3", "fp8_e5m2", "int8"], "high": ("bf16", "bf16")},
-    "h200": {"formats": ["fp32", "bf16", "fp16", "fp8_e4m3", "fp8_e5m2", "int8"], "high": ("bf16", "bf16")},
-    "gaudi2": {"formats": ["fp32", "bf16", "fp8_e4m3", "fp8_e5m2"], "high": ("bf16", "bf16")},
-    "gaudi3": {"formats": ["fp32", "bf16", "fp16", "fp8_e4m3", "fp8_e5m2"], "high": ("bf16", "bf16")},
-}
-
-
 @dataclass
 class TargetInfo:
     name: str
@@ -178,26 +169,16 @@ def _pair(x) -> tuple[str, str]:
 
 
 def target_info(target) -> TargetInfo | None:
-    """Normalize a target (name, dict, or the targets module's object) to ``TargetInfo``."""
+    """Normalize a target (name, path, target dict, ``core.targets.Target``) to ``TargetInfo``."""
     if target is None:
         return None
     if isinstance(target, TargetInfo):
         return target
     obj = target
     if isinstance(target, str):
-        obj = None
-        try:  # the target files (runtime/targets/*.json, owned by the gains work)
-            from onnx_amp.runtime.targets import load_target  # type: ignore
-        except ImportError:
-            load_target = None
-        if load_target is not None:
-            obj = load_target(target)  # raises OnnxAmpError naming the known targets
-        else:
-            if target.lower() not in _FALLBACK_TARGETS:
-                raise OnnxAmpError(
-                    f"unknown target {target!r}; known targets: {', '.join(_FALLBACK_TARGETS)}"
-                )
-            obj = dict(_FALLBACK_TARGETS[target.lower()], name=target.lower())
+        obj = load_target(target)  # a built-in name or a .json path; raises OnnxAmpError naming the known targets
+    elif isinstance(target, dict) and "peak_flops" in target:
+        obj = target_from_dict(target, f"target {target.get('name', '?')}")
     name = _get(obj, "name", str(target))
     fmts = _get(obj, "formats")
     if isinstance(fmts, dict):

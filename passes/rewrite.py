@@ -48,15 +48,13 @@ import onnx
 import onnx_ir as ir
 import torch
 
-from onnx_amp.passes import annotations as A
+from onnx_amp.core.ops import WEIGHT_VIEW_OPS
+from onnx_amp.core import annotations as A
 from onnx_amp.runtime import fakequant as FQ
-from onnx_amp.runtime.formats import Format, get_format
-from onnx_amp.runtime.onnx_io import OnnxAmpError
+from onnx_amp.core.formats import Format, get_format
+from onnx_amp.core.errors import OnnxAmpError
 
-AMAX_Y = "onnx_amp.amax.y"  # calibration max |y| of a layer's output (INT8 output Q); propose for annotations.py
-INSERTED_BY = "onnx_amp.inserted_by"
-INSERTED_FOR = "onnx_amp.inserted_for"
-REWRITE = "onnx_amp.rewrite"  # model key: {"form":..., "notes":[...]}
+AMAX_Y, INSERTED_BY, INSERTED_FOR, REWRITE = A.AMAX_Y, A.INSERTED_BY, A.INSERTED_FOR, A.REWRITE
 COPY_KEYS = (A.REGION, A.UNIT, A.MODULE, A.PRECISION)
 FORMS = ("emulate", "deploy")
 OPSET = 21
@@ -209,7 +207,7 @@ class _Rewriter:
             if compute != ir.DataType.FLOAT:
                 out = self.add_init(_np_tensor(wt.to(_torch_dtype(compute)), compute, ""), f"{base}_{compute.name.lower()}")
         elif not f.needs_qdq:
-            stored = self.add_init(_np_tensor(wt.to(f.torch_dtype), f.onnx_dtype, ""), base)
+            stored = self.add_init(_np_tensor(wt.to(FQ.torch_dtype(f)), f.onnx_dtype, ""), base)
             out = stored
             if compute != f.onnx_dtype:
                 out = self.add_node(layer, "Cast", [stored], {"to": compute}, f"{base}_cast", compute, wt.shape)
@@ -361,7 +359,7 @@ class _Rewriter:
                 todo += [i for i in p.inputs if i is not None]
 
 
-_FOLDABLE = {"Transpose", "Identity", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Constant"}
+_FOLDABLE = WEIGHT_VIEW_OPS
 
 
 def _const_array(v: ir.Value, depth: int = 0) -> np.ndarray | None:

@@ -1,5 +1,5 @@
 """Write calibration figures into the model: ``onnx_amp.sens.*`` / ``onnx_amp.amax.*`` on layer nodes
-and the ``onnx_amp.calibration`` summary on the model (keys in :mod:`onnx_amp.passes.annotations`).
+and the ``onnx_amp.calibration`` summary on the model (keys in :mod:`onnx_amp.core.annotations`).
 
     result = calibrate(model, data)
     AnnotateSensitivityPass(result)(model)
@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from onnx_amp.passes import annotations as A
-from onnx_amp.runtime.calibrate import CalibrationResult
-from onnx_amp.runtime.onnx_io import OnnxAmpError
+from onnx_amp.core import annotations as A
+from onnx_amp.core.errors import OnnxAmpError
 
 _SENS_KEYS = (A.SENS_A, A.SENS_W, A.SENS_B, A.GSQ_A, A.GSQ_W, A.GSQ_B, A.AMAX_A, A.AMAX_W, A.AMAX_B, A.AMAX_Y,
               A.SENS_MEASURED)
@@ -24,7 +23,9 @@ def _floats(arr) -> list[float]:
 class AnnotateSensitivityPass(ir.passes.InPlacePass):
     """Annotate each calibrated layer node; unmatched layers get no figures and are listed in the summary."""
 
-    def __init__(self, result: CalibrationResult):
+    def __init__(self, result):
+        """``result``: a ``runtime.calibrate.CalibrationResult`` (``layers``: layer id -> ``passes.lossmodel.LayerStats``,
+        and ``summary()``)."""
         super().__init__()
         self.result = result
 

@@ -39,7 +39,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnx_amp.passes.solver_backend import select_solver
-from onnx_amp.runtime.onnx_io import OnnxAmpError
+from onnx_amp.core.errors import OnnxAmpError
 
 log = logging.getLogger("onnx_amp.solve")
 
@@ -133,7 +133,7 @@ class Problem:
         """``regions``: dicts ``{"id", "units", "configs": [{"assign": {u: (w, a)}, "time_gain_s"|"gains": ..}]}``.
 
         D of each configuration = sum over its units of ``unit_loss(unit, (w, a))`` (plug in
-        ``runtime.lossmodel.predicted_mse`` through :func:`unit_loss_from_stats`).
+        ``passes.lossmodel.predicted_mse`` through :func:`unit_loss_from_stats`).
         """
         cache: dict[tuple[str, Assignment], float] = {}
 
@@ -228,7 +228,7 @@ class Problem:
 
 
 def _bits(a: Assignment) -> int:
-    from onnx_amp.runtime.formats import get_format
+    from onnx_amp.core.formats import get_format
 
     return get_format(a[0]).bits + get_format(a[1]).bits
 
@@ -254,7 +254,7 @@ def unit_loss_from_stats(
 ) -> Callable[[str, Assignment], float]:
     """unit_loss(unit, (w, a)) = sum over the unit's layers of ``predicted_mse(stats, w, a)``."""
     if predicted_mse is None:
-        from onnx_amp.runtime.lossmodel import predicted_mse  # calibration engineer's function
+        from onnx_amp.passes.lossmodel import predicted_mse
 
     def f(unit: str, a: Assignment) -> float:
         total = 0.0
@@ -879,7 +879,7 @@ def plot_pareto(
 def problem_from_model(model, unit_loss: Callable[[str, Assignment], float] | None = None) -> Problem:
     """Problem from a partitioned (``onnx_amp.regions``), calibrated (``onnx_amp.sens.*``) and
     profiled (``onnx_amp.gains``) model. D of each configuration = sum over its units' layers of
-    ``runtime.lossmodel.predicted_mse``; pass ``unit_loss`` to use another loss model."""
+    ``passes.lossmodel.predicted_mse``; pass ``unit_loss`` to use another loss model."""
     from onnx_amp.passes.gains import read_gains, read_regions
 
     regions = read_regions(model)
@@ -895,7 +895,7 @@ def problem_from_model(model, unit_loss: Callable[[str, Assignment], float] | No
         if u and lid not in unit_layers.setdefault(u, []):
             unit_layers[u].append(lid)
     if unit_loss is None:
-        from onnx_amp.runtime.lossmodel import layer_stats_from_model
+        from onnx_amp.passes.lossmodel import layer_stats_from_model
 
         stats = layer_stats_from_model(model)
         if not stats:

@@ -28,11 +28,11 @@ import onnx_ir as ir
 import torch
 from tqdm.auto import tqdm
 
-from onnx_amp.passes import annotations as A
+from onnx_amp.core import annotations as A
 from onnx_amp.runtime.data import CalibrationData, load_calibration_data
 from onnx_amp.runtime.losses import LossSpec, resolve_loss
-from onnx_amp.runtime.lossmodel import LayerStats
-from onnx_amp.runtime.onnx_io import OnnxAmpError
+from onnx_amp.passes.lossmodel import LayerStats
+from onnx_amp.core.errors import OnnxAmpError
 from onnx_amp.runtime.torch_graph import TorchGraph
 
 CHUNK_BYTES = 64 * 2**20  # per-sample weight-gradient chunk budget
@@ -345,7 +345,7 @@ def measure_format_errors(model: ir.Model, data: Any, result: CalibrationResult,
     for weights), instead of the ideal ``alpha_f * S``. For a weight, ``sum_i gW_i e_i`` is taken as
     ``<dL/dY, f(A, W + e) - f(A, W)>`` (exact for a layer linear in W). Results go to
     ``LayerStats.extra = {"a"|"w"|"b": {format: term}}`` (annotation ``onnx_amp.sens.measured``), which
-    :func:`onnx_amp.runtime.lossmodel.predicted_mse` then prefers over the ideal formula.
+    :func:`onnx_amp.passes.lossmodel.predicted_mse` then prefers over the ideal formula.
     """
     from onnx_amp.runtime.fakequant import apply_operand_format
     from onnx_amp.runtime.torch_graph import OPS

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import onnx_ir as ir
 
-from onnx_amp.runtime.onnx_io import OnnxAmpError
+from onnx_amp.core.errors import OnnxAmpError
 
 EXTRA_KEYS = ("labels",)
 

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 import onnx_ir as ir
 
-from onnx_amp.runtime.onnx_io import OnnxAmpError
+from onnx_amp.core.errors import OnnxAmpError
 
 #: strategies that need measured quantities from a :class:`PlanEvaluator`
 MEASURED_STRATEGIES = ("pareto-greedy", "ip-pairs")
@@ -92,7 +92,7 @@ class PlanEvaluator:
 
     def __init__(self, model: ir.Model, batches: list[dict], loss=None, target: Any = None):
         from onnx_amp.passes.rewrite import ORT_CPU_LOWERING
-        from onnx_amp.runtime.targets import load_target
+        from onnx_amp.core.targets import load_target
 
         self.model = model.clone()
         self.target = load_target(target) if isinstance(target, str) else target

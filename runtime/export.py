@@ -32,7 +32,9 @@ import onnx_ir as ir
 import torch
 from torch import nn
 
-from onnx_amp.runtime.onnx_io import OnnxAmpError, check_output_path, save_model
+from onnx_amp.core.errors import OnnxAmpError
+
+from onnx_amp.core.onnx_io import check_output_path, save_model
 
 log = logging.getLogger(__name__)
 

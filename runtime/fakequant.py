@@ -18,14 +18,23 @@ import math
 import numpy as np
 import torch
 
-from onnx_amp.passes import annotations as A
-from onnx_amp.runtime.formats import Format, get_format
+from onnx_amp.core import annotations as A
+from onnx_amp.core.formats import Format, get_format
 
 TINY = 1e-30  # smallest scale we write: amax == 0 would give scale 0 (division by zero in Q)
 
 
 def _fmt(fmt: str | Format) -> Format:
     return fmt if isinstance(fmt, Format) else get_format(fmt)
+
+
+_TORCH_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
+                "fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2, "int8": torch.int8}
+
+
+def torch_dtype(fmt: str | Format) -> torch.dtype:
+    """The torch storage type of a format."""
+    return _TORCH_DTYPE[_fmt(fmt).name]
 
 
 def _bshape(scale: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tensor:
@@ -49,7 +58,7 @@ def quantize(x: torch.Tensor, fmt: str | Format, scale, axis: int | None = None)
         return torch.clamp(torch.round(y), -128, 127).to(torch.int8)
     # saturate=1: out-of-range (incl. inf) clamps to +-max; NaN stays NaN
     y = torch.where(torch.isnan(y), y, torch.clamp(y, -f.max_value, f.max_value))
-    return y.to(f.torch_dtype)
+    return y.to(torch_dtype(f))
 
 
 def dequantize(q: torch.Tensor, scale, axis: int | None = None) -> torch.Tensor:
@@ -69,7 +78,7 @@ def cast_emulate(x: torch.Tensor, fmt: str | Format) -> torch.Tensor:
         return x.float()
     if f.needs_qdq:
         raise ValueError(f"{f.name} is lowered with Q/DQ, use fake_quant")
-    return x.to(f.torch_dtype).to(torch.float32)
+    return x.to(torch_dtype(f)).to(torch.float32)
 
 
 REDUCED_INT8_QMAX = 63.0  # ORT's reduce_range: 7-bit weights, no int16 saturation in u8s8 kernels

@@ -39,8 +39,9 @@ from typing import Any, Mapping
 
 import onnx_ir as ir
 
-from onnx_amp.passes import annotations as ann
-from onnx_amp.runtime.onnx_io import OnnxAmpError, load_model, save_json
+from onnx_amp.core import annotations as ann
+from onnx_amp.core.errors import OnnxAmpError
+from onnx_amp.core.onnx_io import load_model, save_json
 
 FP8_FORMATS = {"fp8_e4m3": "E4M3", "fp8_e5m2": "E5M2"}
 DEFAULT_ATTENTION_MATMULS = ("matmul_qk", "matmul_av")

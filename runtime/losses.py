@@ -21,7 +21,7 @@ import onnx_ir as ir
 import torch
 import torch.nn.functional as F
 
-from onnx_amp.runtime.onnx_io import OnnxAmpError
+from onnx_amp.core.errors import OnnxAmpError
 
 TASKS = ("causal_lm", "classification")
 

@@ -24,7 +24,9 @@ import onnx_ir as ir
 import onnxruntime as ort
 import torch
 
-from onnx_amp.runtime.onnx_io import OnnxAmpError, load_model
+from onnx_amp.core.errors import OnnxAmpError
+
+from onnx_amp.core.onnx_io import load_model
 
 # The two QDQ fusions that mistreat FP8 Q/DQ, plus ClipQuantRewrite: Clip (ReLU6) -> Q with a float8 zero point
 # aborts session creation ("Unexpected data type for QuantizeLinear input y_zero_point of 17").

@@ -48,8 +48,9 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from onnx_amp.passes import annotations as ann
-from onnx_amp.runtime.onnx_io import OnnxAmpError, load_model, save_model
+from onnx_amp.core import annotations as ann
+from onnx_amp.core.errors import OnnxAmpError
+from onnx_amp.core.onnx_io import load_model, save_model
 from onnx_amp.runtime.preflight import (
     OutputDir, check_backend, check_data_file, check_disk, check_output_dir, check_solver, model_bytes,
 )
@@ -205,7 +206,7 @@ def optimize(
     from onnx_amp.runtime.data import load_calibration_data
     from onnx_amp.runtime.evaluate import MEASURED_STRATEGIES, PlanEvaluator, evaluate_models
     from onnx_amp.runtime.gaudi import write_gaudi_config
-    from onnx_amp.runtime.targets import load_target
+    from onnx_amp.core.targets import load_target
 
     given = [x is not None for x in (tau, tau_relative, accuracy_drop)]
     if sum(given) > 1:

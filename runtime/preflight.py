@@ -41,7 +41,7 @@ def _tiny_model():
     import onnx_ir as ir
     from onnx import TensorProto, helper, numpy_helper
 
-    from onnx_amp.passes import annotations as A
+    from onnx_amp.core import annotations as A
     from onnx_amp.passes.partition import PartitionPass
 
     rng = np.random.default_rng(0)

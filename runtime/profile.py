@@ -34,10 +34,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from onnx_amp.passes import annotations as ann
+from onnx_amp.core import annotations as ann
 from onnx_amp.passes.gains import Config, config_key, region_configs, region_units
-from onnx_amp.runtime.onnx_io import OnnxAmpError
-from onnx_amp.runtime.targets import Target, load_target
+from onnx_amp.core.errors import OnnxAmpError
+from onnx_amp.core.targets import Target, load_target
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from onnx_amp.passes.sensitivity import AnnotateSensitivityPass
 from onnx_amp.runtime.calibrate import calibrate, ensure_partitioned
 from onnx_amp.runtime.data import load_calibration_data
 from onnx_amp.runtime.losses import classification_loss
-from onnx_amp.runtime.lossmodel import layer_stats_from_model
+from onnx_amp.passes.lossmodel import layer_stats_from_model
 from onnx_amp.runtime.onnx_io import OnnxAmpError, load_model, save_model
 from onnx_amp.runtime.torch_graph import TorchGraph
 
@@ -247,7 +247,7 @@ def test_actual_error_variant_predicts_emulated_plan(para, para_feeds):
     matches the loss change of the torch emulation of a single-layer plan (same samples)."""
     from onnx_amp.runtime.calibrate import measure_format_errors
     from onnx_amp.runtime.fakequant import emulate_plan_hooks
-    from onnx_amp.runtime.lossmodel import predicted_mse
+    from onnx_amp.passes.lossmodel import predicted_mse
 
     res = calibrate(para, para_feeds, batch_size=6, progress=False)
     measure_format_errors(para, para_feeds, res, ["bf16", "fp8_e4m3"], batch_size=6, progress=False)
@@ -291,7 +291,7 @@ def test_cli_calibrate_loss_models(paraphrase_onnx, para_feeds, tmp_path, capsys
         assert all(set(v) == {"fp8_e4m3"} for v in st.extra.values()), lid
         assert not ideal[lid].extra
         assert st.s_a == pytest.approx(ideal[lid].s_a, rel=1e-6)  # same first pass
-    from onnx_amp.runtime.lossmodel import predicted_mse
+    from onnx_amp.passes.lossmodel import predicted_mse
 
     lid = next(iter(measured))
     assert predicted_mse(measured[lid], "fp8_e4m3", "fp8_e4m3") != pytest.approx(

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from onnx_amp.runtime.formats import get_format
-from onnx_amp.runtime.lossmodel import LayerStats, plan_predicted_mse, predicted_mse
+from onnx_amp.passes.lossmodel import LayerStats, plan_predicted_mse, predicted_mse
 from onnx_amp.runtime.onnx_io import OnnxAmpError
 
 

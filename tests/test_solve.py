@@ -272,7 +272,7 @@ def minilm_annotated(minilm_onnx, tmp_path_factory):
 def test_solve_pass_on_real_minilm(minilm_annotated):
     from onnx_amp.passes import annotations as A
     from onnx_amp.passes.solve import SolvePass, problem_from_model
-    from onnx_amp.runtime.lossmodel import plan_predicted_mse
+    from onnx_amp.passes.lossmodel import plan_predicted_mse
     from onnx_amp.runtime.onnx_io import load_model
 
     m = load_model(minilm_annotated)

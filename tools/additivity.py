@@ -36,7 +36,7 @@ DEFAULT_MODELS = {
 
 
 def _units_by_region(model) -> dict[str, list[str]]:
-    from onnx_amp.passes import annotations as ann
+    from onnx_amp.core import annotations as ann
     from onnx_amp.passes.gains import region_units
 
     return {r["id"]: region_units(r) for r in ann.get_json(model, ann.REGIONS)["regions"]}
@@ -87,12 +87,12 @@ def lower_full(model, plan_low: set[str], target):
 
 def run_model(name: str, path: str, args, target) -> dict:
     from onnx_amp.passes.partition import PartitionPass
-    from onnx_amp.runtime.onnx_io import load_model
+    from onnx_amp.core.onnx_io import load_model
     from onnx_amp.runtime.profile import (
         annotate_amax_from_run, fold_weight_constants, make_ort_session, profile_model, run_with_values,
         sample_feeds, time_paired,
     )
-    from onnx_amp.passes import annotations as ann
+    from onnx_amp.core import annotations as ann
     from tqdm import tqdm
 
     t0 = time.perf_counter()
@@ -184,7 +184,7 @@ def plot(results: list[dict], path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    from onnx_amp.runtime.targets import load_target
+    from onnx_amp.core.targets import load_target
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="names (smollm2, effnet) or name=path")

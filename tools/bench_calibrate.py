@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     from onnx_amp.runtime.calibrate import calibrate, ensure_partitioned
     from onnx_amp.runtime.data import load_calibration_data
     from onnx_amp.runtime.export import ensure_subject_onnx
-    from onnx_amp.runtime.onnx_io import load_model
+    from onnx_amp.core.onnx_io import load_model
     from onnx_amp.runtime.subjects import canonical, subject_batch
     from onnx_amp.runtime.torch_graph import TorchGraph
 

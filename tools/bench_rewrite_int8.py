@@ -21,11 +21,11 @@ import numpy as np
 import onnx
 import torch
 
-from onnx_amp.passes import annotations as A
+from onnx_amp.core import annotations as A
 from onnx_amp.passes.partition import PartitionPass
 from onnx_amp.passes.plan import ApplyPlanPass, uniform_plan
 from onnx_amp.passes.rewrite import RewritePass
-from onnx_amp.runtime.onnx_io import load_model
+from onnx_amp.core.onnx_io import load_model
 from onnx_amp.runtime.ort_session import make_session, run
 from onnx_amp.runtime.torch_graph import TorchGraph
 

@@ -45,9 +45,9 @@ def register(subparsers) -> None:
 
 
 def _formats(args) -> list[str]:
-    from onnx_amp.runtime.formats import get_format
-    from onnx_amp.runtime.onnx_io import OnnxAmpError
-    from onnx_amp.runtime.targets import load_target
+    from onnx_amp.core.formats import get_format
+    from onnx_amp.core.errors import OnnxAmpError
+    from onnx_amp.core.targets import load_target
 
     if args.formats:
         names = [f.strip() for f in args.formats.split(",") if f.strip()]
@@ -64,7 +64,8 @@ def run(args) -> int:
     from onnx_amp.passes.sensitivity import AnnotateSensitivityPass
     from onnx_amp.runtime.calibrate import calibrate, measure_format_errors
     from onnx_amp.runtime.data import load_calibration_data
-    from onnx_amp.runtime.onnx_io import OnnxAmpError, check_output_path, load_model, save_model
+    from onnx_amp.core.errors import OnnxAmpError
+    from onnx_amp.core.onnx_io import check_output_path, load_model, save_model
 
     src = Path(args.input)
     out = Path(args.output) if args.output else src.with_name(src.stem + ".calib.onnx")

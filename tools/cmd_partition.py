@@ -10,7 +10,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from onnx_amp.runtime.onnx_io import OnnxAmpError, check_output_path, save_json
+from onnx_amp.core.errors import OnnxAmpError
+
+from onnx_amp.core.onnx_io import check_output_path, save_json
 
 
 def register(subparsers) -> None:
@@ -28,8 +30,8 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from onnx_amp.passes.partition import PartitionPass, partition_summary
-    from onnx_amp.passes.annotations import REGIONS, get_json
-    from onnx_amp.runtime.onnx_io import load_model, save_model
+    from onnx_amp.core.annotations import REGIONS, get_json
+    from onnx_amp.core.onnx_io import load_model, save_model
 
     src = Path(args.input)
     out = Path(args.output) if args.output else src.with_name(src.name.removesuffix(".onnx") + ".partitioned.onnx")

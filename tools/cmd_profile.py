@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from onnx_amp.runtime.onnx_io import OnnxAmpError
+from onnx_amp.core.errors import OnnxAmpError
 
 
 def register(subparsers) -> None:
@@ -38,8 +38,8 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from onnx_amp.passes.gains import GainsPass, read_gains
-    from onnx_amp.runtime.onnx_io import load_model, save_model
-    from onnx_amp.runtime.targets import load_target
+    from onnx_amp.core.onnx_io import load_model, save_model
+    from onnx_amp.core.targets import load_target
 
     target = load_target(args.target)
     inp = Path(args.input)

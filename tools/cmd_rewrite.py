@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from onnx_amp.runtime.onnx_io import OnnxAmpError
+from onnx_amp.core.errors import OnnxAmpError
 
 MODES = ("fp8", "fp8_e4m3", "fp8_e5m2", "int8", "bf16", "fp16")
 
@@ -58,10 +58,10 @@ def _split(items):
 
 
 def run(args) -> int:
-    from onnx_amp.passes import annotations as A
+    from onnx_amp.core import annotations as A
     from onnx_amp.passes.plan import ApplyPlanPass, Plan, uniform_plan
     from onnx_amp.passes.rewrite import RewritePass, check_model
-    from onnx_amp.runtime.onnx_io import load_model, save_model
+    from onnx_amp.core.onnx_io import load_model, save_model
 
     src = Path(args.input)
     if (args.plan is None) == (args.quantize_mode is None):

@@ -14,7 +14,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from onnx_amp.runtime.onnx_io import OnnxAmpError, check_output_path
+from onnx_amp.core.errors import OnnxAmpError
+
+from onnx_amp.core.onnx_io import check_output_path
 
 
 def register(subparsers) -> None:
@@ -75,7 +77,7 @@ def _measured_inputs(model, args):
     if args.eval_samples < 1 or args.batch_size < 1:
         raise OnnxAmpError("--eval_samples and --batch_size must be >= 1")
     from onnx_amp.runtime.data import load_calibration_data
-    from onnx_amp.passes import annotations as ann
+    from onnx_amp.core import annotations as ann
 
     data = load_calibration_data(args.eval_data, model, args.tokenizer, args.eval_seq_len, args.eval_samples,
                                  flag="--eval_data")
@@ -92,7 +94,7 @@ def run(args) -> int:
     import tempfile
 
     from onnx_amp.passes.solve import SolvePass, pareto_sweep, plot_pareto
-    from onnx_amp.runtime.onnx_io import load_model, save_model
+    from onnx_amp.core.onnx_io import load_model, save_model
 
     src = Path(args.input)
     out = Path(args.output) if args.output else src.with_name(src.name.removesuffix(".onnx") + ".solved.onnx")

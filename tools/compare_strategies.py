@@ -51,7 +51,7 @@ DEFAULT_STRATEGIES = ("ip", "greedy", "prefix", "random", "pareto-greedy", "unif
 
 def _low_formats(targets: str) -> list[str]:
     """The low formats of the compared targets (what the measured loss model covers)."""
-    from onnx_amp.runtime.targets import load_target
+    from onnx_amp.core.targets import load_target
 
     return sorted({f for t in targets.split(",") if t.strip() for f in load_target(t.strip()).low_formats})
 
@@ -69,7 +69,7 @@ def prepare(subject: str, target: str, n_calib: int, seq_len: int, workdir: Path
     from onnx_amp.passes.sensitivity import AnnotateSensitivityPass
     from onnx_amp.runtime.calibrate import calibrate, measure_format_errors
     from onnx_amp.runtime.export import ensure_subject_onnx
-    from onnx_amp.runtime.onnx_io import load_model, save_model
+    from onnx_amp.core.onnx_io import load_model, save_model
     from onnx_amp.runtime.subjects import subject_batch
 
     lm = "" if loss_model == "ideal" else f".m-{'-'.join(formats or [])}"

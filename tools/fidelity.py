@@ -122,14 +122,14 @@ def main(argv=None) -> int:
 
     from tqdm.auto import tqdm
 
-    from onnx_amp.passes import annotations as A
+    from onnx_amp.core import annotations as A
     from onnx_amp.passes.sensitivity import AnnotateSensitivityPass
     from onnx_amp.runtime.calibrate import calibrate, ensure_partitioned
     from onnx_amp.runtime.data import load_calibration_data
     from onnx_amp.runtime.export import ensure_subject_onnx
     from onnx_amp.runtime.fakequant import emulate_plan_hooks
-    from onnx_amp.runtime.lossmodel import plan_predicted_mse
-    from onnx_amp.runtime.onnx_io import load_model
+    from onnx_amp.passes.lossmodel import plan_predicted_mse
+    from onnx_amp.core.onnx_io import load_model
     from onnx_amp.runtime.subjects import canonical, subject_batch
     from onnx_amp.runtime.torch_graph import TorchGraph
 

@@ -33,7 +33,7 @@ import torch
 
 def layer_gemms(model, batch_size: int, seq_len: int):
     """region id -> [(unit, M, K, N)] for the weight MatMul/Gemm layers, from static shapes."""
-    from onnx_amp.passes import annotations as ann
+    from onnx_amp.core import annotations as ann
     from onnx_amp.passes.gains import _const_shape, static_shapes
 
     shapes = static_shapes(model, batch_size, seq_len)
@@ -117,9 +117,10 @@ def time_configs(fns_per_config, repeats: int, warmup: int, device, seed: int = 
 
 def main(argv=None) -> int:
     from onnx_amp.passes.gains import config_key, read_regions, region_configs, region_units
-    from onnx_amp.runtime.onnx_io import OnnxAmpError, load_model
+    from onnx_amp.core.errors import OnnxAmpError
+    from onnx_amp.core.onnx_io import load_model
     from onnx_amp.runtime.profile import Timing
-    from onnx_amp.runtime.targets import load_target
+    from onnx_amp.core.targets import load_target
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")

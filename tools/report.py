@@ -31,7 +31,7 @@ from typing import Any
 
 import onnx_ir as ir
 
-from onnx_amp.passes import annotations as ann
+from onnx_amp.core import annotations as ann
 
 FORMAT_COLORS = {
     "fp32": "#4c72b0", "bf16": "#55a868", "fp16": "#8fd19e", "fp8_e4m3": "#dd8452",
