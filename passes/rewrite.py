@@ -46,11 +46,10 @@ import ml_dtypes
 import numpy as np
 import onnx
 import onnx_ir as ir
-import torch
 
 from onnx_amp.core.ops import WEIGHT_VIEW_OPS
 from onnx_amp.core import annotations as A
-from onnx_amp.runtime import fakequant as FQ
+from onnx_amp.passes import quantize as Q
 from onnx_amp.core.formats import Format, get_format
 from onnx_amp.core.errors import OnnxAmpError
 
@@ -70,15 +69,12 @@ _NP_DTYPE = {
 }
 
 
-def _np_tensor(t: torch.Tensor, dtype: ir.DataType, name: str) -> ir.Tensor:
-    """torch tensor -> ir.Tensor of ``dtype`` (fp8/bf16 via ml_dtypes, bit-exact)."""
-    t = t.detach().contiguous()
-    if dtype in (ir.DataType.FLOAT8E4M3FN, ir.DataType.FLOAT8E5M2):
-        arr = t.view(torch.uint8).numpy().view(_NP_DTYPE[dtype])
-    elif dtype == ir.DataType.BFLOAT16:
-        arr = t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-    else:
-        arr = t.numpy().astype(_NP_DTYPE[dtype], copy=False)
+def _np_tensor(arr: np.ndarray, dtype: ir.DataType, name: str) -> ir.Tensor:
+    """numpy array -> ir.Tensor of ``dtype`` (float32 values are rounded to it; ints and
+    ml_dtypes arrays already of that type are kept as they are)."""
+    arr = np.ascontiguousarray(arr)
+    if arr.dtype != _NP_DTYPE[dtype]:
+        arr = Q.cast_to(arr, _NP_DTYPE[dtype])
     return ir.Tensor(arr, dtype=dtype, name=name)
 
 
@@ -105,8 +101,10 @@ class RewriteReport:
 
 
 class _Rewriter:
-    def __init__(self, model: ir.Model, form: str, int8_output_q: bool | str, reduce_range: bool = False):
+    def __init__(self, model: ir.Model, form: str, int8_output_q: bool | str, reduce_range: bool = False,
+                 bf16_compute: bool = False):
         self.reduce_range = reduce_range
+        self.bf16_compute = bf16_compute and form == "emulate"
         self.model = model
         self.graph = model.graph
         self.form = form
@@ -158,6 +156,9 @@ class _Rewriter:
     def lower_activation(self, layer: ir.Node, x: ir.Value, f: Format, amax: float | None,
                          compute: ir.DataType, tag: str) -> ir.Value:
         """Activation operand in float -> value of dtype ``compute`` carrying format ``f``'s rounding."""
+        if self.bf16_compute and f.needs_qdq and compute == ir.DataType.BFLOAT16:
+            y = self.lower_activation(layer, x, f, amax, ir.DataType.FLOAT, tag)  # float Q/DQ, then bf16
+            return self.add_node(layer, "Cast", [y], {"to": compute}, f"{x.name}/{f.name}_bf16", compute, x.shape)
         key = (id(x), f.name, amax, compute)
         if key in self.act_cache:
             return self.act_cache[key]
@@ -178,9 +179,9 @@ class _Rewriter:
             # (runtime.ort_session.make_session does that).
             if compute != src:
                 cur = self.add_node(layer, "Cast", [cur], {"to": compute}, f"{base}_in", compute, shape)
-            s = FQ.activation_scale(amax, f)
+            s = Q.activation_scale(amax, f)
             if compute == ir.DataType.FLOAT:
-                st = _np_tensor(torch.tensor(s, dtype=torch.float32), ir.DataType.FLOAT, "")
+                st = _np_tensor(np.array(s, dtype=np.float32), ir.DataType.FLOAT, "")
             else:
                 st = ir.Tensor(np.array(s, dtype=np.float32).astype(_NP_DTYPE[compute]), dtype=compute)
             scale = self.add_init(st, f"{base}_scale")
@@ -194,33 +195,36 @@ class _Rewriter:
         key = (id(w), f.name, axis, compute)
         if key in self.weight_cache:
             return self.weight_cache[key]
+        if self.bf16_compute and f.needs_qdq and compute == ir.DataType.BFLOAT16:
+            y = self.lower_weight(layer, w, f, axis, ir.DataType.FLOAT)  # float DQ, then bf16
+            out = self.add_node(layer, "Cast", [y], {"to": compute}, f"{w.name}/{f.name}_bf16", compute, y.shape)
+            self.weight_cache[key] = out
+            return out
         arr = _const_array(w)
         if arr is None:
             raise OnnxAmpError(
                 f"layer {layer.metadata_props.get(A.LAYER)} (node {layer.name}): weight input {w.name!r} "
                 "is not a constant; re-run onnx-amp partition on this model"
             )
-        wt = torch.from_numpy(np.array(arr, dtype=np.float32, copy=True))
+        wt = np.asarray(arr, dtype=np.float32)
         base = f"{w.name}/{f.name}"
+        shape = wt.shape
         if f.name == "fp32":
             out = w
             if compute != ir.DataType.FLOAT:
-                out = self.add_init(_np_tensor(wt.to(_torch_dtype(compute)), compute, ""), f"{base}_{compute.name.lower()}")
+                out = self.add_init(_np_tensor(wt, compute, ""), f"{base}_{compute.name.lower()}")
         elif not f.needs_qdq:
-            stored = self.add_init(_np_tensor(wt.to(FQ.torch_dtype(f)), f.onnx_dtype, ""), base)
+            stored = self.add_init(_np_tensor(wt, f.onnx_dtype, ""), base)
             out = stored
             if compute != f.onnx_dtype:
-                out = self.add_node(layer, "Cast", [stored], {"to": compute}, f"{base}_cast", compute, wt.shape)
+                out = self.add_node(layer, "Cast", [stored], {"to": compute}, f"{base}_cast", compute, shape)
         else:
-            q, s = FQ.quantize_weight(wt, f, axis, self.reduce_range)
-            ax = axis % wt.dim()
+            q, s = Q.quantize_weight(wt, f, axis, self.reduce_range)
+            ax = axis % wt.ndim
             qv = self.add_init(_np_tensor(q, f.onnx_dtype, ""), f"{base}_q")
-            if compute == ir.DataType.FLOAT:
-                sv = self.add_init(_np_tensor(s, ir.DataType.FLOAT, ""), f"{base}_scale")
-            else:
-                sv = self.add_init(_np_tensor(s.to(_torch_dtype(compute)), compute, ""), f"{base}_scale")
-            zp = self.add_init(_zero(f.onnx_dtype, s.numel(), ""), f"{base}_zp")
-            out = self.add_node(layer, "DequantizeLinear", [qv, sv, zp], {"axis": ax}, f"{base}_dq", compute, wt.shape)
+            sv = self.add_init(_np_tensor(s, compute, ""), f"{base}_scale")
+            zp = self.add_init(_zero(f.onnx_dtype, s.size, ""), f"{base}_zp")
+            out = self.add_node(layer, "DequantizeLinear", [qv, sv, zp], {"axis": ax}, f"{base}_dq", compute, shape)
         if out is not w:
             self.old_weights.add(w)
         self.weight_cache[key] = out
@@ -233,13 +237,16 @@ class _Rewriter:
         t = ir.convenience.get_const_tensor(v)
         if t is not None:
             self.old_weights.add(v)
-            arr = torch.from_numpy(np.array(t.numpy(), dtype=np.float32, copy=True))
-            return self.add_init(_np_tensor(arr.to(_torch_dtype(compute)), compute, ""), f"{v.name}/{compute.name.lower()}")
+            arr = np.asarray(t.numpy(), dtype=np.float32)
+            return self.add_init(_np_tensor(arr, compute, ""), f"{v.name}/{compute.name.lower()}")
         return self.add_node(layer, "Cast", [v], {"to": compute}, f"{v.name}/cast", compute, v.shape)
 
     # -- layers ----------------------------------------------------------------------------------
     def compute_dtype(self, layer: ir.Node, fmts: list[Format]) -> ir.DataType:
         if self.form != "deploy":
+            # bf16_compute: activation bf16/fp8, weight bf16/fp8/int8 (fmts = [w, a] or [a]) -> bf16 compute
+            if self.bf16_compute and fmts[-1].name in _BF16_ACT and all(f.name in _BF16_ACT + ("int8",) for f in fmts):
+                return ir.DataType.BFLOAT16
             return ir.DataType.FLOAT
         sixteen = {f.onnx_dtype for f in fmts if not f.needs_qdq and f.name != "fp32"}
         if len(sixteen) != 1 or any(f.name == "fp32" for f in fmts):
@@ -331,9 +338,9 @@ class _Rewriter:
 
     def _output_qdq(self, layer: ir.Node, y: ir.Value, amax_y: float) -> None:
         f = get_format("int8")
-        s = FQ.activation_scale(amax_y, f)
+        s = Q.activation_scale(amax_y, f)
         new = self._retarget_output(layer, y, "int8_y", ir.DataType.FLOAT)
-        scale = self.add_init(_np_tensor(torch.tensor(s, dtype=torch.float32), ir.DataType.FLOAT, ""), f"{y.name}/int8_scale")
+        scale = self.add_init(_np_tensor(np.array(s, dtype=np.float32), ir.DataType.FLOAT, ""), f"{y.name}/int8_scale")
         zp = self.add_init(_zero(ir.DataType.INT8, None, ""), f"{y.name}/int8_zp")
         qv = ir.Value(name=self.fresh(f"{y.name}/int8_q"), type=ir.TensorType(ir.DataType.INT8), shape=y.shape)
         q = ir.Node("", "QuantizeLinear", [y, scale, zp], outputs=[qv], name=self.fresh(f"{y.name}/Q"),
@@ -359,6 +366,7 @@ class _Rewriter:
                 todo += [i for i in p.inputs if i is not None]
 
 
+_BF16_ACT = ("bf16", "fp8_e4m3", "fp8_e5m2")  # bf16_compute: the activation formats computed in bf16
 _FOLDABLE = WEIGHT_VIEW_OPS
 
 
@@ -396,11 +404,6 @@ def _const_array(v: ir.Value, depth: int = 0) -> np.ndarray | None:
             x = np.expand_dims(x, ax)
         return x
     return None
-
-
-def _torch_dtype(dt: ir.DataType) -> torch.dtype:
-    return {ir.DataType.BFLOAT16: torch.bfloat16, ir.DataType.FLOAT16: torch.float16,
-            ir.DataType.FLOAT: torch.float32}[dt]
 
 
 def _attr(name: str, value) -> ir.Attr:
@@ -445,13 +448,21 @@ class RewritePass(ir.passes.FunctionalPass):
     DequantizeLinear per consumer, the layout ORT's x86 INT8 fusions want (see ``activations_to_uint8``).
     ``reduce_range``: INT8 weights in [-63, 63] (scale amax_c/63), ORT's ``reduce_range``: needed for
     the *fused* integer kernels to compute the Q/DQ result exactly on x86 CPUs without VNNI (int16
-    saturation of u8*s8 pairs); see ``runtime.ort_session.make_session(exact_qdq=...)``. The report of the last call
-    is ``self.report`` (also stored as the model key ``onnx_amp.rewrite``).
+    saturation of u8*s8 pairs); see ``runtime.ort_session.make_session(exact_qdq=...)``.
+    ``bf16_compute`` (emulate form): a layer whose activation format is BF16 or FP8 and whose weight
+    format is BF16, FP8 or INT8 computes in bfloat16 (``MatMul``/``Gemm``/``Conv`` on bf16 operands,
+    output ``Cast`` to float): BF16 operands ``Cast`` to bf16, FP8/INT8 operands keep their float Q/DQ
+    and are then ``Cast`` to bf16, so the operand values are the default form's, rounded once to bf16.
+    OpenVINO's CPU plugin (at f32 inference precision) runs that as a bf16 kernel; the default
+    ``Cast`` pair runs in f32 there. ORT CPU has no bf16 MatMul/Conv, and bf16 ``Conv`` is ONNX only
+    from opset 22: such models are for OpenVINO (``runtime.backends.openvino``). The report of the last
+    call is ``self.report`` (also stored as the model key ``onnx_amp.rewrite``).
     """
 
     def __init__(self, form: str = "emulate", int8_output_q: bool | str = False, reduce_range: bool = False,
-                 ort_int8_layout: bool = False):
+                 ort_int8_layout: bool = False, bf16_compute: bool = False):
         super().__init__()
+        self.bf16_compute = bf16_compute
         if int8_output_q not in (True, False, "conv"):
             raise OnnxAmpError(f"int8_output_q must be True, False or 'conv', not {int8_output_q!r}")
         self.ort_int8_layout = ort_int8_layout
@@ -492,7 +503,7 @@ class RewritePass(ir.passes.FunctionalPass):
                 f"activation amax missing for {len(need)} operand(s) ({', '.join(need[:6])}{' ...' if len(need) > 6 else ''}) "
                 "needed by their FP8/INT8 activation format; run onnx-amp calibrate first")
         out = model.clone()
-        rw = _Rewriter(out, self.form, self.int8_output_q, self.reduce_range)
+        rw = _Rewriter(out, self.form, self.int8_output_q, self.reduce_range, self.bf16_compute)
         if uses_fp8:
             _ensure_opset(out, MIN_FP8_OPSET, rw.report)
         if (out.ir_version or 0) < 10:
@@ -509,8 +520,9 @@ class RewritePass(ir.passes.FunctionalPass):
 
 
 def rewrite(model: ir.Model, form: str = "emulate", int8_output_q: bool | str = False,
-            reduce_range: bool = False, ort_int8_layout: bool = False) -> tuple[ir.Model, RewriteReport]:
-    p = RewritePass(form, int8_output_q, reduce_range, ort_int8_layout)
+            reduce_range: bool = False, ort_int8_layout: bool = False,
+            bf16_compute: bool = False) -> tuple[ir.Model, RewriteReport]:
+    p = RewritePass(form, int8_output_q, reduce_range, ort_int8_layout, bf16_compute)
     out = p(model).model
     return out, p.report
 
