@@ -72,7 +72,9 @@ _NP_DTYPE = {
 def _np_tensor(arr: np.ndarray, dtype: ir.DataType, name: str) -> ir.Tensor:
     """numpy array -> ir.Tensor of ``dtype`` (float32 values are rounded to it; ints and
     ml_dtypes arrays already of that type are kept as they are)."""
-    arr = np.ascontiguousarray(arr)
+    arr = np.asarray(arr)  # (not ascontiguousarray: it turns a 0-d scale into shape [1])
+    if not arr.flags.c_contiguous:
+        arr = arr.copy(order="C")
     if arr.dtype != _NP_DTYPE[dtype]:
         arr = Q.cast_to(arr, _NP_DTYPE[dtype])
     return ir.Tensor(arr, dtype=dtype, name=name)

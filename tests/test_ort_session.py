@@ -212,8 +212,9 @@ def test_cli_missing_amax(tmp_path, calibrated_file):
     assert r.returncode == 2 and "exactly one of --plan" in r.stderr
 
 
-def test_fp8_clip_before_q_needs_clipquantrewrite_disabled():
-    """Conv -> Clip (ReLU6) -> Conv in FP8: ORT's ClipQuantRewrite aborts on a float8 zero point."""
+def test_fp8_clip_before_q_runs_with_the_session_options():
+    """Conv -> Clip (ReLU6) -> Conv in FP8 runs, as defined, with make_session's options (ORT's
+    ClipQuantRewrite aborts on a float8 zero point in the releases we know)."""
     g = np.random.default_rng(1)
     nodes = [h.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
              h.make_node("Clip", ["c1", "lo", "hi"], ["r"], name="relu6"),
@@ -231,12 +232,18 @@ def test_fp8_clip_before_q_needs_clipquantrewrite_disabled():
         n.metadata_props[A.AMAX_A] = "3.0"
     ApplyPlanPass(uniform_plan(model, "fp8_e4m3"))(model)
     out = RewritePass("emulate")(model).model
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    with pytest.raises(Exception, match="zero_point|ClipQuant|float8"):
-        ort.InferenceSession(ir.to_proto(out).SerializeToString(), so, providers=["CPUExecutionProvider"],
-                             disabled_optimizers=["QDQSelectorActionTransformer", "ReluQuantRewrite"])
     x = {"x": g.standard_normal((1, 3, 8, 8)).astype(np.float32)}
     y = run(make_session(out), x)["y"]
     y_unopt = run(make_session(out, optimize=False), x)["y"]
     np.testing.assert_array_equal(y, y_unopt)
+    # without ClipQuantRewrite disabled, onnxruntime 1.31/1.32 abort at session creation on the float8
+    # zero point; a release that builds the session must still give the same result
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(ir.to_proto(out).SerializeToString(), so, providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=["QDQSelectorActionTransformer", "ReluQuantRewrite"])
+    except Exception as e:  # noqa: BLE001 (the known failure, nothing else)
+        assert any(k in str(e) for k in ("zero_point", "ClipQuant", "float8")), e
+    else:
+        np.testing.assert_array_equal(sess.run(None, x)[0], y_unopt)
