@@ -23,8 +23,10 @@ import onnx_ir as ir
 
 from onnx_amp.core.errors import OnnxAmpError
 
-#: strategies that need measured quantities from a :class:`PlanEvaluator`
-MEASURED_STRATEGIES = ("pareto-greedy", "ip-pairs")
+from onnx_amp.passes.strategies import get_strategy, measured_strategies
+
+#: strategies that need measured quantities from a :class:`PlanEvaluator` (from the strategy registry)
+MEASURED_STRATEGIES = measured_strategies()
 
 
 def task_metric(spec, ref_out: list, plan_out: list, ref_losses: list, plan_losses: list, batches: list[dict]) -> dict:
@@ -148,11 +150,11 @@ class PlanEvaluator:
 
     def strategy_kwargs(self, problem, strategy: str) -> dict:
         """Keyword arguments of ``passes.solve.solve`` that give ``strategy`` its measured inputs."""
-        from onnx_amp.passes.solve import measure_pairs
+        from onnx_amp.passes.ip import measure_pairs
 
-        strategy = strategy.lower().replace("_", "-")
-        if strategy == "pareto-greedy":
+        measures = get_strategy(strategy).measures
+        if measures == "units":
             return {"measure_unit": self.unit_measure(problem)}
-        if strategy == "ip-pairs":
+        if measures == "pairs":
             return {"pairs": measure_pairs(problem, self.pair_measure(problem))}
         return {}

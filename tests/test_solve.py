@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from onnx_amp.passes.solve import (
-    Config, Problem, Region, STRATEGIES, bisect_tau, pareto_sweep, plot_pareto, relative_tau, solve, solve_ip,
+    Config, Problem, Region, STRATEGIES, bisect_tau, pareto_sweep, relative_tau, solve, solve_ip,
     tau_grid,
 )
 from onnx_amp.runtime.onnx_io import OnnxAmpError
+from onnx_amp.runtime.plots import plot_pareto
 from onnx_amp.tools.bench_solve import random_problem
 
 HI, LO = ("bf16", "bf16"), ("fp8_e4m3", "fp8_e4m3")
@@ -388,7 +389,8 @@ def test_plan_evaluator_on_real_minilm(minilm_annotated, minilm_eval):
     from onnx_amp.passes import annotations as A
     from onnx_amp.passes.plan import ApplyPlanPass, Plan
     from onnx_amp.passes.rewrite import rewrite
-    from onnx_amp.passes.solve import pareto_front_greedy, problem_from_model
+    from onnx_amp.passes.solve import problem_from_model
+    from onnx_amp.passes.strategies import pareto_front_greedy
     from onnx_amp.runtime.evaluate import PlanEvaluator
     from onnx_amp.runtime.onnx_io import load_model
     from onnx_amp.runtime.ort_session import measured_loss_mse

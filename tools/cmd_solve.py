@@ -93,7 +93,8 @@ def run(args) -> int:
     import os
     import tempfile
 
-    from onnx_amp.passes.solve import SolvePass, pareto_sweep, plot_pareto
+    from onnx_amp.passes.solve import SolvePass, pareto_sweep
+    from onnx_amp.runtime.plots import plot_pareto
     from onnx_amp.core.onnx_io import load_model, save_model
 
     src = Path(args.input)

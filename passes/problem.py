@@ -1,0 +1,288 @@
+"""The plan-selection problem as plain data: regions, their configurations, and what each costs.
+
+A :class:`Problem` lists the regions in graph order, each with its configurations (an assignment per
+unit, a gain per metric, a predicted loss MSE ``D``), independent of ONNX, so solvers can be tested
+and benchmarked on their own. :func:`problem_from_model` builds one from a model that carries the
+partition (``onnx_amp.regions``), the calibration (``onnx_amp.sens.*``) and the gain tables
+(``onnx_amp.gains``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from onnx_amp.core.errors import OnnxAmpError
+
+Assignment = tuple[str, str]  # (weight format, activation format)
+
+#: metric name -> key in the ``onnx_amp.gains`` tables
+METRICS = {"time": "time_gain_s", "tt": "tt_gain_s", "memory": "mem_gain_bytes"}
+METRIC_ALIASES = {
+    "time": "time", "et": "time", "measured": "time", "time_gain_s": "time",
+    "tt": "tt", "theoretical": "tt", "roofline": "tt", "tt_gain_s": "tt",
+    "memory": "memory", "mem": "memory", "mg": "memory", "mem_gain_bytes": "memory",
+}
+
+
+def normalize_metric(metric: str) -> str:
+    try:
+        return METRIC_ALIASES[metric.lower()]
+    except KeyError:
+        raise OnnxAmpError(f"unknown metric {metric!r}; use one of: time (measured), tt (roofline), memory") from None
+
+
+@dataclass
+class Config:
+    """One configuration of a region: an assignment per unit, gains per metric, predicted MSE."""
+
+    assign: dict[str, Assignment]
+    gains: dict[str, float] = field(default_factory=dict)  # metric ("time"/"tt"/"memory") -> gain
+    mse: float = 0.0  # D: predicted loss MSE of this configuration (sum over its units)
+
+    def gain(self, metric: str) -> float:
+        return float(self.gains.get(metric, 0.0) or 0.0)
+
+
+@dataclass
+class Region:
+    id: str
+    units: list[str]
+    configs: list[Config]
+
+
+@dataclass
+class Problem:
+    """Regions in graph order, each with its configurations (config 0 conventionally all-high).
+
+    ``unit_order`` lists the units in graph order (for ``prefix`` and neighbour pairs); ``high`` is
+    the target's high-precision assignment; ``low`` maps each unit to its low-precision assignment
+    (by default: the non-high assignment of that unit with the fewest bits, ties by largest gain).
+    """
+
+    regions: list[Region]
+    high: Assignment
+    target: str = "unknown"
+    unit_order: list[str] = field(default_factory=list)
+    low: dict[str, Assignment] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.unit_order:
+            self.unit_order = [u for r in self.regions for u in r.units]
+        self.unit_region = {u: gi for gi, r in enumerate(self.regions) for u in r.units}
+        if not self.low:
+            self.low = _default_low(self)
+        self._pick_cache: dict[tuple[int, frozenset], int] = {}
+        self._arrays: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+
+    def arrays(self, metric: str) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per region (T, D) as float arrays over its configurations (cached per metric)."""
+        if metric not in self._arrays:
+            self._arrays[metric] = [
+                (np.array([c.gain(metric) for c in r.configs], float), np.array([c.mse for c in r.configs], float))
+                for r in self.regions
+            ]
+        return self._arrays[metric]
+
+    # ---- construction from a unit-level loss callable ----------------------------------------
+    @classmethod
+    def from_tables(
+        cls,
+        regions: Iterable[dict],
+        unit_loss: Callable[[str, Assignment], float],
+        high: Assignment,
+        target: str = "unknown",
+        unit_order: Sequence[str] | None = None,
+    ) -> "Problem":
+        """``regions``: dicts ``{"id", "units", "configs": [{"assign": {u: (w, a)}, "time_gain_s"|"gains": ..}]}``.
+
+        D of each configuration = sum over its units of ``unit_loss(unit, (w, a))`` (plug in
+        ``passes.lossmodel.predicted_mse`` through :func:`unit_loss_from_stats`).
+        """
+        cache: dict[tuple[str, Assignment], float] = {}
+
+        def ul(u: str, a: Assignment) -> float:
+            k = (u, a)
+            if k not in cache:
+                cache[k] = float(unit_loss(u, a))
+            return cache[k]
+
+        out = []
+        for r in regions:
+            units = list(r["units"])
+            configs = []
+            for c in r["configs"]:
+                assign = {u: tuple(c["assign"].get(u, high)) for u in units}
+                gains = dict(c.get("gains", {}))
+                for m, key in METRICS.items():
+                    if key in c and c[key] is not None:
+                        gains[m] = float(c[key])
+                configs.append(Config(assign, gains, sum(ul(u, assign[u]) for u in units)))
+            out.append(Region(str(r["id"]), units, configs))
+        return cls(out, tuple(high), target, list(unit_order) if unit_order else [])
+
+    # ---- helpers -------------------------------------------------------------------------------
+    @property
+    def n_regions(self) -> int:
+        return len(self.regions)
+
+    def lowered(self, gi: int, ci: int) -> frozenset[str]:
+        cfg = self.regions[gi].configs[ci]
+        return frozenset(u for u, a in cfg.assign.items() if tuple(a) != tuple(self.high))
+
+    def high_config(self, gi: int) -> int:
+        return self.pick_config(gi, frozenset())
+
+    def pick_config(self, gi: int, lowered: frozenset[str]) -> int:
+        """Index of the configuration of region ``gi`` that lowers exactly ``lowered`` (to ``low``).
+
+        When the table was capped and lacks it, the closest available one: most wanted units low,
+        no unwanted unit low if possible, then least predicted MSE.
+        """
+        key = (gi, lowered)
+        if key in self._pick_cache:
+            return self._pick_cache[key]
+        region = self.regions[gi]
+        best, best_key = 0, None
+        for ci, cfg in enumerate(region.configs):
+            want = sum(1 for u in region.units if (u in lowered) == (tuple(cfg.assign[u]) == tuple(self.low[u])))
+            exact_high = sum(1 for u in region.units if u not in lowered and tuple(cfg.assign[u]) == tuple(self.high))
+            extra = sum(1 for u in region.units if u not in lowered and tuple(cfg.assign[u]) != tuple(self.high))
+            k = (-extra, want, exact_high, -cfg.mse)
+            if best_key is None or k > best_key:
+                best, best_key = ci, k
+        self._pick_cache[key] = best
+        return best
+
+    def select_lowered(self, units: Iterable[str]) -> list[int]:
+        units = set(units)
+        return [self.pick_config(gi, frozenset(u for u in r.units if u in units)) for gi, r in enumerate(self.regions)]
+
+    def totals(self, selection: Sequence[int], metric: str) -> tuple[float, float]:
+        """(total gain, total predicted MSE) of a selection (one config index per region)."""
+        g = d = 0.0
+        for r, ci in zip(self.regions, selection):
+            c = r.configs[ci]
+            g += c.gain(metric)
+            d += c.mse
+        return g, d
+
+    def min_mse(self) -> float:
+        return float(sum(min(c.mse for c in r.configs) for r in self.regions))
+
+    def all_low_selection(self) -> list[int]:
+        return self.select_lowered(self.unit_order)
+
+    def all_high_selection(self) -> list[int]:
+        return [self.high_config(gi) for gi in range(self.n_regions)]
+
+    def all_low_mse(self) -> float:
+        return self.totals(self.all_low_selection(), "time")[1]
+
+    def unit_delta(self, unit: str, metric: str) -> tuple[float, float]:
+        """(gain, predicted MSE increase) of lowering ``unit`` alone, relative to all-high."""
+        gi = self.unit_region[unit]
+        h = self.regions[gi].configs[self.high_config(gi)]
+        c = self.regions[gi].configs[self.pick_config(gi, frozenset([unit]))]
+        return c.gain(metric) - h.gain(metric), c.mse - h.mse
+
+    def neighbour_pairs(self) -> list[tuple[str, str]]:
+        o = self.unit_order
+        return [(o[i], o[i + 1]) for i in range(len(o) - 1)]
+
+
+def _bits(a: Assignment) -> int:
+    from onnx_amp.core.formats import get_format
+
+    return get_format(a[0]).bits + get_format(a[1]).bits
+
+
+def _default_low(p: Problem) -> dict[str, Assignment]:
+    low: dict[str, Assignment] = {}
+    for r in p.regions:
+        for u in r.units:
+            cands: dict[Assignment, float] = {}
+            for c in r.configs:
+                a = tuple(c.assign[u])
+                if a != tuple(p.high):
+                    cands[a] = max(cands.get(a, -math.inf), max(c.gains.values(), default=0.0))
+            if cands:
+                low[u] = min(cands, key=lambda a: (_bits(a), -cands[a], a))
+            else:
+                low[u] = tuple(p.high)
+    return low
+
+
+def unit_loss_from_stats(
+    layer_stats: dict[str, Any], unit_layers: dict[str, list[str]], predicted_mse: Callable | None = None
+) -> Callable[[str, Assignment], float]:
+    """unit_loss(unit, (w, a)) = sum over the unit's layers of ``predicted_mse(stats, w, a)``."""
+    if predicted_mse is None:
+        from onnx_amp.passes.lossmodel import predicted_mse
+
+    def f(unit: str, a: Assignment) -> float:
+        total = 0.0
+        for lid in unit_layers[unit]:
+            st = layer_stats.get(lid)
+            if st is None:
+                raise OnnxAmpError(
+                    f"layer {lid} (unit {unit}) has no sensitivity annotations; run `onnx-amp calibrate` first"
+                )
+            total += float(predicted_mse(st, a[0], a[1]))
+        return total
+
+    return f
+
+
+def problem_from_model(model, unit_loss: Callable[[str, Assignment], float] | None = None) -> Problem:
+    """Problem from a partitioned (``onnx_amp.regions``), calibrated (``onnx_amp.sens.*``) and
+    profiled (``onnx_amp.gains``) model. D of each configuration = sum over its units' layers of
+    ``passes.lossmodel.predicted_mse``; pass ``unit_loss`` to use another loss model."""
+    from onnx_amp.passes.gains import read_gains, read_regions
+
+    regions = read_regions(model)
+    gains = read_gains(model)
+    unit_layers: dict[str, list[str]] = {}
+    for r in regions["regions"]:
+        units = r.get("units") or {}
+        if isinstance(units, dict):
+            for u, ls in units.items():
+                unit_layers.setdefault(u, []).extend(ls)
+    for lid, info in (regions.get("layers") or {}).items():
+        u = info.get("unit")
+        if u and lid not in unit_layers.setdefault(u, []):
+            unit_layers[u].append(lid)
+    if unit_loss is None:
+        from onnx_amp.passes.lossmodel import layer_stats_from_model
+
+        stats = layer_stats_from_model(model)
+        if not stats:
+            raise OnnxAmpError("model has no sensitivity annotations (onnx_amp.sens.*); run `onnx-amp calibrate` first")
+        unit_loss = unit_loss_from_stats(stats, unit_layers)
+
+    def lnum(lid: str) -> int:
+        try:
+            return int(lid.lstrip("L"))
+        except ValueError:
+            return 1 << 30
+
+    rows = []
+    order_ids = [r["id"] for r in regions["regions"]]
+    table = gains["regions"]
+    missing = [rid for rid in order_ids if rid not in table and any(True for _ in (regions["regions"][order_ids.index(rid)].get("units") or {}))]
+    if missing:
+        raise OnnxAmpError(
+            f"onnx_amp.gains has no table for region(s) {', '.join(missing[:5])}; re-run `onnx-amp profile` on this partition"
+        )
+    for rid in order_ids:
+        t = table.get(rid)
+        if t is None or not t.get("units"):
+            continue
+        rows.append({"id": rid, "units": t["units"], "configs": t["configs"]})
+    unit_order = sorted(unit_layers, key=lambda u: (min((lnum(l) for l in unit_layers[u]), default=1 << 30), u))
+    in_tables = {u for r in rows for u in r["units"]}
+    unit_order = [u for u in unit_order if u in in_tables]
+    return Problem.from_tables(rows, unit_loss, tuple(gains["high"]), gains.get("target", "unknown"), unit_order)
