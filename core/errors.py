@@ -44,8 +44,11 @@ def describe(e: BaseException) -> tuple[str, bool]:
     ``expected`` is True for errors whose cause the message names (user input, files, memory, a
     library refusing a model); False for a bug or an unforeseen failure, whose message then says
     where it was raised and asks for ``--debug``."""
-    if isinstance(e, OnnxAmpError):
-        return " ".join(str(e).split()), True
+    inner: BaseException | None = e
+    while inner is not None:  # PassManager wraps a pass's error in PassError ... from it
+        if isinstance(inner, OnnxAmpError):
+            return " ".join(str(inner).split()), True
+        inner = inner.__cause__
     mod = type(e).__module__ or ""
     msg = " ".join(_first_line(e).split())
     if isinstance(e, MemoryError):

@@ -55,6 +55,7 @@ class Target:
     measured_backend: str | None = None
     sources: dict[str, str] = field(default_factory=dict)
     path: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # the validated file content
 
     def peak(self, fmt: str) -> float:
         """Dense matrix FLOP/s for compute in ``fmt``."""
@@ -71,9 +72,6 @@ class Target:
         w, a = assignment
         return w if get_format(w).bits >= get_format(a).bits else a
 
-    def is_allowed(self, assignment) -> bool:
-        return tuple(assignment) in self.assignments
-
     @property
     def low_assignments(self) -> list[tuple[str, str]]:
         """The allowed assignments other than the high-precision default."""
@@ -83,6 +81,10 @@ class Target:
     def low_formats(self) -> list[str]:
         """The formats the low assignments use, FP32 aside: what the measured loss model covers."""
         return sorted({f for a in self.low_assignments for f in a if f != "fp32"})
+
+    def to_json(self) -> dict[str, Any]:
+        """The target file's content (numbers with their sources): ``target_from_dict`` reads it back."""
+        return json.loads(json.dumps(self.raw))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -190,14 +192,17 @@ def target_from_dict(data: Any, where: str = "<target>") -> Target:
         name=name, description=str(data.get("description", "")), formats=formats, high=high,
         assignments=assignments, lowering=low, peak_flops=peak_flops, memory_bandwidth=bw,
         boundary_per_element_s=per_el, boundary_per_node_s=per_node, measured_backend=backend,
-        sources=sources, path=where,
+        sources=sources, path=where, raw=json.loads(json.dumps(data)),
     )
 
 
-def load_target(name_or_path: str | os.PathLike | Target) -> Target:
-    """A built-in target by name (``cpu``, ``gaudi2``, ``gaudi3``, ``h100``, ``h200``) or a JSON file path."""
+def load_target(name_or_path: str | os.PathLike | Target | dict) -> Target:
+    """A built-in target by name (``cpu``, ``gaudi2``, ``gaudi3``, ``h100``, ``h200``, ...), a JSON file
+    path, a ``Target``, or a target file's content as a dict (what ``onnx_amp.target`` stores)."""
     if isinstance(name_or_path, Target):
         return name_or_path
+    if isinstance(name_or_path, dict):
+        return target_from_dict(name_or_path, f"target {name_or_path.get('name', '?')!r}")
     s = str(name_or_path)
     p = Path(s)
     if s.endswith(".json") or os.sep in s or p.exists():
@@ -214,3 +219,27 @@ def load_target(name_or_path: str | os.PathLike | Target) -> Target:
     except json.JSONDecodeError as e:
         raise OnnxAmpError(f"{p}: not valid JSON (line {e.lineno}: {e.msg})") from None
     return target_from_dict(data, str(p))
+
+
+def target_of_model(model, name: str | None = None) -> Target | None:
+    """The target an annotated model was profiled for (``onnx_amp.target``), when it carries one
+    (and, if ``name`` is given, has that name)."""
+    from onnx_amp.core import annotations as A
+
+    data = A.get_json(model, A.TARGET)
+    if not isinstance(data, dict) or (name is not None and data.get("name") != name):
+        return None
+    return target_from_dict(data, f"{model.graph.name or 'model'}: onnx_amp.target")
+
+
+def resolve_target(target, model=None) -> Target:
+    """``target`` (a name, path, ``Target`` or dict), or the target the model carries
+    (``onnx_amp.target``) when ``target`` is None or names that one: a custom target file travels
+    with the model, so ``solve``, ``rewrite`` and ``run`` work from the saved file alone."""
+    if model is not None:
+        carried = target_of_model(model)
+        if carried is not None and (target is None or target == carried.name):
+            return carried
+    if target is None:
+        raise OnnxAmpError("no target given and the model carries none (onnx_amp.target); pass --target")
+    return load_target(target)

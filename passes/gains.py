@@ -31,6 +31,7 @@ else the roofline gain; ``tt_gain_s`` is always the roofline gain.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -46,6 +47,7 @@ from onnx_amp.core import annotations as ann
 from onnx_amp.core.formats import get_format
 from onnx_amp.core.errors import OnnxAmpError
 from onnx_amp.core.targets import Target, load_target
+from onnx_amp.passes.base import AmpPassResult, AnnotationPass, require_model_key
 
 logger = logging.getLogger(__name__)
 
@@ -453,8 +455,17 @@ def compute_gains(model: ir.Model, target: Target | str, measured: dict | None =
     }
 
 
-class GainsPass(ir.passes.InPlacePass):
-    """Write ``onnx_amp.gains`` (roofline for every region; measured where ``measured`` has it)."""
+@dataclasses.dataclass
+class GainsResult(AmpPassResult):
+    gains: dict | None = None
+
+
+class GainsPass(AnnotationPass):
+    """Write ``onnx_amp.gains`` (roofline for every region; measured where ``measured`` has it) and
+    ``onnx_amp.target`` (the whole target description, so a custom target file travels with the
+    model to ``solve``, ``rewrite`` and ``run``). Returns a :class:`GainsResult`."""
+
+    result_type = GainsResult
 
     def __init__(self, target: Target | str, measured: dict | None = None, batch_size: int = 1,
                  seq_len: int = 128, max_configs: int = MAX_CONFIGS):
@@ -463,10 +474,14 @@ class GainsPass(ir.passes.InPlacePass):
         self.measured = measured
         self.batch_size, self.seq_len, self.max_configs = batch_size, seq_len, max_configs
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    def requires(self, model: ir.Model) -> None:
+        require_model_key(model, ann.REGIONS, "GainsPass", "the partition pass (onnx-amp partition)")
+
+    def annotate(self, model: ir.Model) -> dict:
         table = compute_gains(model, self.target, self.measured, self.batch_size, self.seq_len, self.max_configs)
         ann.set_json(model, ann.GAINS, table)
-        return ir.passes.PassResult(model, modified=True)
+        ann.set_json(model, ann.TARGET, self.target.to_json())
+        return {"gains": table}
 
 
 def read_gains(model: ir.Model) -> dict[str, Any]:
@@ -477,7 +492,3 @@ def read_gains(model: ir.Model) -> dict[str, Any]:
     if g.get("version") != 1:
         raise OnnxAmpError(f"onnx_amp.gains version {g.get('version')!r} is not supported (expected 1)")
     return g
-
-
-def config_assignment(row: dict[str, Any]) -> dict[str, Assignment]:
-    return {u: (a[0], a[1]) for u, a in row["assign"].items()}

@@ -115,8 +115,3 @@ class AnnotateModulesPass(ir.passes.InPlacePass):
                     node.metadata_props[MODULE] = path
                     modified = True
         return ir.passes.PassResult(model, modified)
-
-
-def annotate_modules(model: ir.Model, strip_prefix: str = "") -> ir.Model:
-    AnnotateModulesPass(strip_prefix)(model)
-    return model

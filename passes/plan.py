@@ -31,7 +31,8 @@ import onnx_ir as ir
 
 from onnx_amp.core import annotations as A
 from onnx_amp.core.formats import FORMATS, get_format
-from onnx_amp.core.targets import load_target, target_from_dict
+from onnx_amp.core.targets import load_target, resolve_target, target_from_dict, target_of_model
+from onnx_amp.passes.base import AmpPassResult, AnnotationPass, require_layers
 from onnx_amp.core.errors import OnnxAmpError
 from onnx_amp.core.onnx_io import save_json
 
@@ -241,7 +242,7 @@ def validate_plan(model: ir.Model, plan: Plan, target=None) -> Plan:
             f"plan uses unknown formats {', '.join(map(repr, bad_fmts))}; known formats: {', '.join(FORMATS)}"
         )
     plan = plan.canonical()
-    tgt = target_info(target if target is not None else plan.target)
+    tgt = _target_for(model, target if target is not None else plan.target)
     if tgt is not None:
         act_act_units = {li.unit for li in layers.values() if li.kind == "act_act"}
         lacking = []
@@ -262,6 +263,16 @@ def validate_plan(model: ir.Model, plan: Plan, target=None) -> Plan:
                 f"{' ...' if len(lacking) > 8 else ''}; it supports {allowed}"
             )
     return plan
+
+
+def _target_for(model: ir.Model, target) -> TargetInfo | None:
+    """The target of a plan on this model: given, or named by the plan; a name the model's own
+    ``onnx_amp.target`` has is that one (custom target files travel with the model)."""
+    if isinstance(target, TargetInfo):
+        return target
+    if target is None and target_of_model(model) is None:
+        return None
+    return target_info(resolve_target(target, model))
 
 
 def _try_canon(f: str) -> str | None:
@@ -355,8 +366,16 @@ def uniform_plan(
     )
 
 
-class ApplyPlanPass(ir.passes.InPlacePass):
-    """Write ``onnx_amp.precision`` on every layer node and the plan JSON on the model."""
+@dataclass
+class PlanResult(AmpPassResult):
+    plan: Plan | None = None  # the plan as applied (canonical format names)
+
+
+class ApplyPlanPass(AnnotationPass):
+    """Write ``onnx_amp.precision`` on every layer node and the plan JSON on the model. Returns a
+    :class:`PlanResult`."""
+
+    result_type = PlanResult
 
     def __init__(self, plan: Plan, target=None, validate: bool = True):
         super().__init__()
@@ -364,10 +383,12 @@ class ApplyPlanPass(ir.passes.InPlacePass):
         self.target = target
         self.validate = validate
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    def requires(self, model: ir.Model) -> None:
+        require_layers(model, "ApplyPlanPass")
+
+    def annotate(self, model: ir.Model) -> dict:
         plan = validate_plan(model, self.plan, self.target) if self.validate else self.plan.canonical()
-        tgt = target_info(self.target if self.target is not None else plan.target) if (
-            self.target is not None or plan.target is not None) else None
+        tgt = _target_for(model, self.target if self.target is not None else plan.target)
         high = tgt.high if tgt is not None else ("fp32", "fp32")
         assigns = layer_assignments(model, plan, high)
         layers = model_layers(model)
@@ -376,4 +397,4 @@ class ApplyPlanPass(ir.passes.InPlacePass):
         d = plan.to_json()
         d["high"] = list(high)
         A.set_json(model, A.PLAN, d)
-        return ir.passes.PassResult(model, True)
+        return {"plan": plan}

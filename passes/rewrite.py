@@ -48,6 +48,7 @@ import onnx
 import onnx_ir as ir
 
 from onnx_amp.core.ops import WEIGHT_VIEW_OPS
+from onnx_amp.passes.base import PassPreconditionError
 from onnx_amp.core import annotations as A
 from onnx_amp.passes import quantize as Q
 from onnx_amp.core.formats import Format, get_format
@@ -438,6 +439,11 @@ def _ensure_opset(model: ir.Model, needed: int, report: RewriteReport) -> None:
     report.opset_converted = (cur, OPSET)
 
 
+@dataclass
+class RewriteResult(ir.passes.PassResult):
+    report: RewriteReport | None = None
+
+
 class RewritePass(ir.passes.FunctionalPass):
     """Lower ``onnx_amp.precision`` annotations (see module doc). Returns a new model.
 
@@ -475,35 +481,45 @@ class RewritePass(ir.passes.FunctionalPass):
         self.int8_output_q = int8_output_q
         self.report: RewriteReport | None = None
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    def requires(self, model: ir.Model) -> None:
         if REWRITE in model.metadata_props:
-            raise OnnxAmpError(
+            raise PassPreconditionError(
                 "model was already rewritten (it has onnx_amp.rewrite); rewrite the partitioned/calibrated model instead")
         layers = [n for n in model.graph if A.LAYER in n.metadata_props and INSERTED_BY not in n.metadata_props]
         if not layers:
-            raise OnnxAmpError("model has no onnx_amp.layer annotations; run onnx-amp partition first")
+            raise PassPreconditionError("model has no onnx_amp.layer annotations; run onnx-amp partition first")
         missing = [n.metadata_props[A.LAYER] for n in layers if A.PRECISION not in n.metadata_props]
         if missing:
-            raise OnnxAmpError(
+            raise PassPreconditionError(
                 f"layers {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''} have no onnx_amp.precision; "
                 "apply a plan first (onnx-amp rewrite --plan PLAN.json, or ApplyPlanPass)")
-        # check every needed amax before touching anything, so the error lists them all
+        # every needed amax, so the error lists them all
         need: list[str] = []
-        uses_fp8 = False
         for n in layers:
-            w, a = (get_format(x) for x in A.parse_precision(n.metadata_props[A.PRECISION]))
-            operand_fmts = (a,) if n.metadata_props.get(A.LAYER_KIND) == "act_act" else (w, a)
-            uses_fp8 |= any(f.needs_qdq and not f.is_int for f in operand_fmts)
-            # deploy: Q/DQ computing in bf16/fp16 need 16-bit scales (opset >= 19)
-            uses_fp8 |= self.form == "deploy" and any(f.needs_qdq for f in operand_fmts) and any(
-                not f.needs_qdq and f.name != "fp32" for f in operand_fmts)
+            a = get_format(A.parse_precision(n.metadata_props[A.PRECISION])[1])
             if a.needs_qdq:
                 keys = [A.AMAX_A] + ([A.AMAX_B] if n.metadata_props.get(A.LAYER_KIND) == "act_act" else [])
                 need += [f"{n.metadata_props[A.LAYER]}:{k.rsplit('.', 1)[-1]}" for k in keys if k not in n.metadata_props]
         if need:
-            raise OnnxAmpError(
+            raise PassPreconditionError(
                 f"activation amax missing for {len(need)} operand(s) ({', '.join(need[:6])}{' ...' if len(need) > 6 else ''}) "
                 "needed by their FP8/INT8 activation format; run onnx-amp calibrate first")
+
+    def _uses_fp8_opset(self, layers: list[ir.Node]) -> bool:
+        """Whether the lowering needs opset >= 19 (FP8 Q/DQ; deploy-form Q/DQ with 16-bit scales)."""
+        for n in layers:
+            w, a = (get_format(x) for x in A.parse_precision(n.metadata_props[A.PRECISION]))
+            fmts = (a,) if n.metadata_props.get(A.LAYER_KIND) == "act_act" else (w, a)
+            if any(f.needs_qdq and not f.is_int for f in fmts):
+                return True
+            if self.form == "deploy" and any(f.needs_qdq for f in fmts) and any(
+                    not f.needs_qdq and f.name != "fp32" for f in fmts):
+                return True
+        return False
+
+    def call(self, model: ir.Model) -> "RewriteResult":
+        layers = [n for n in model.graph if A.LAYER in n.metadata_props and INSERTED_BY not in n.metadata_props]
+        uses_fp8 = self._uses_fp8_opset(layers)
         out = model.clone()
         rw = _Rewriter(out, self.form, self.int8_output_q, self.reduce_range, self.bf16_compute)
         if uses_fp8:
@@ -518,7 +534,7 @@ class RewritePass(ir.passes.FunctionalPass):
             dedicate_dq(out)
         self.report = rw.report
         A.set_json(out, REWRITE, rw.report.to_json())
-        return ir.passes.PassResult(out, True)
+        return RewriteResult(out, True, report=rw.report)  # a new model, always (the rewrite's key at least)
 
 
 def rewrite(model: ir.Model, form: str = "emulate", int8_output_q: bool | str = False,

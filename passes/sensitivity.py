@@ -11,6 +11,7 @@ import onnx_ir as ir
 
 from onnx_amp.core import annotations as A
 from onnx_amp.core.errors import OnnxAmpError
+from onnx_amp.passes.base import AnnotationPass, PassPreconditionError, require_layers
 
 _SENS_KEYS = (A.SENS_A, A.SENS_W, A.SENS_B, A.GSQ_A, A.GSQ_W, A.GSQ_B, A.AMAX_A, A.AMAX_W, A.AMAX_B, A.AMAX_Y,
               A.SENS_MEASURED)
@@ -20,7 +21,7 @@ def _floats(arr) -> list[float]:
     return [float(x) for x in arr]
 
 
-class AnnotateSensitivityPass(ir.passes.InPlacePass):
+class AnnotateSensitivityPass(AnnotationPass):
     """Annotate each calibrated layer node; unmatched layers get no figures and are listed in the summary."""
 
     def __init__(self, result):
@@ -29,17 +30,18 @@ class AnnotateSensitivityPass(ir.passes.InPlacePass):
         super().__init__()
         self.result = result
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        res = self.result
-        by_layer = {n.metadata_props[A.LAYER]: n for n in model.graph if A.LAYER in n.metadata_props}
-        if not by_layer:
-            raise OnnxAmpError("AnnotateSensitivityPass: the model has no onnx_amp.layer annotations; run the partition pass first")
-        missing = [lid for lid in res.layers if lid not in by_layer]
+    def requires(self, model: ir.Model) -> None:
+        by_layer = {n.metadata_props[A.LAYER] for n in require_layers(model, "AnnotateSensitivityPass")}
+        missing = [lid for lid in self.result.layers if lid not in by_layer]
         if missing:
-            raise OnnxAmpError(
+            raise PassPreconditionError(
                 f"AnnotateSensitivityPass: layer(s) {missing[:5]} of the calibration result are not in this model; "
                 "calibrate and annotate the same partitioned model"
             )
+
+    def annotate(self, model: ir.Model) -> dict:
+        res = self.result
+        by_layer = {n.metadata_props[A.LAYER]: n for n in model.graph if A.LAYER in n.metadata_props}
         for node in by_layer.values():
             for k in _SENS_KEYS:
                 node.metadata_props.pop(k, None)
@@ -65,4 +67,4 @@ class AnnotateSensitivityPass(ir.passes.InPlacePass):
             if st.extra:
                 A.set_json(node, A.SENS_MEASURED, st.extra)
         A.set_json(model, A.CALIBRATION, res.summary())
-        return ir.passes.PassResult(model, modified=True)
+        return {}

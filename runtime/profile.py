@@ -89,16 +89,6 @@ def make_ort_session(model: ir.Model, threads: int | None = None, spinning: bool
     return sess
 
 
-def _has_fp8(model) -> bool:
-    if not isinstance(model, ir.Model):
-        return False
-    return any(ann.get_str(n, ann.PRECISION, "").find("fp8") >= 0 for n in model.graph)
-
-
-# ---------------------------------------------------------------------------------------------
-# inputs from a real run
-# ---------------------------------------------------------------------------------------------
-
 def sample_feeds(model: ir.Model, batch_size: int = 1, seq_len: int = 32, seed: int = 0,
                  vocab: int = 1000) -> dict[str, np.ndarray]:
     """Feeds for the graph inputs: token ids in [0, vocab), masks of ones, N(0,1) floats.
