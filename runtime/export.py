@@ -95,7 +95,7 @@ def resolve_source(source: str) -> tuple[nn.Module, tuple | dict, Any, str]:
         name = subjects.canonical(src)
     except subjects.SubjectError:
         name = None
-    if name is not None and not Path(src).exists():
+    if name is not None and subjects.get_subject(name).build is not None and not Path(src).exists():
         module, ex, dyn = subjects.build(name)
         return module, ex, dyn, getattr(module, "module_prefix", "")
     path = Path(src)
@@ -270,18 +270,15 @@ def ensure_subject_onnx(name: str, root: str | os.PathLike | None = None, verbos
 
     from onnx_amp.runtime import subjects
 
-    if name == "paraphrase":
-        folder, canon = "paraphrase", None
-    else:
-        canon = subjects.canonical(name)
-        folder = subjects.CACHE_NAMES[canon]
+    subject = subjects.get_subject(name)
+    folder = subject.cache_name
     base = Path(root) if root else exports_dir()
     d = base / folder
     d.mkdir(parents=True, exist_ok=True)
     out, ver = d / "model.onnx", d / "VERSION"
 
     def fresh() -> bool:
-        return out.exists() and ver.exists() and ver.read_text().strip() == subjects.export_version(canon)
+        return out.exists() and ver.exists() and ver.read_text().strip() == subject.version
 
     if fresh():
         return out
@@ -290,13 +287,13 @@ def ensure_subject_onnx(name: str, root: str | os.PathLike | None = None, verbos
         try:
             if fresh():
                 return out
-            if canon is None:
+            if subject.onnx_file is not None:
                 tmp = d / ".model.onnx.tmp"
-                shutil.copyfile(paraphrase_source(), tmp)
+                shutil.copyfile(subject.onnx_file(), tmp)
                 os.replace(tmp, out)
             else:
-                export_model(canon, out, verbose=verbose)
-            ver.write_text(subjects.export_version(canon) + "\n")
+                export_model(subject.name, out, verbose=verbose)
+            ver.write_text(subject.version + "\n")
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return out

@@ -34,7 +34,7 @@ def _planned_model(tmp_path) -> ir.Model:
 
 
 def test_report_files_and_numbers(tmp_path):
-    from onnx_amp.tools.report import chosen_region_gains, unit_precisions, write_report
+    from onnx_amp.runtime.report import chosen_region_gains, unit_precisions, write_report
 
     model, units = _planned_model(tmp_path)
     regions, prec = unit_precisions(model)
@@ -62,7 +62,7 @@ def test_report_files_and_numbers(tmp_path):
 
 
 def test_report_without_measurements(tmp_path):
-    from onnx_amp.tools.report import write_report
+    from onnx_amp.runtime.report import write_report
 
     model, _ = _planned_model(tmp_path)
     md = write_report(tmp_path / "r2", model, {})

@@ -54,6 +54,9 @@ def register(subparsers) -> None:
                    help="roofline time only (no ORT timing of region configurations)")
     p.add_argument("--no-pareto", dest="pareto", action="store_false", help="skip the Pareto sweep")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--solver", default=None, help="HiGHS or CBC (default: the first of the two that mip can use here)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every randomized step (data sampling, the random "
+                   "strategy, profiling order; default 0)")
     p.set_defaults(func=run)
 
 
@@ -72,6 +75,7 @@ def run(args) -> int:
         calibration_samples=args.calibration_samples, validation_samples=args.validation_samples,
         seq_len=seq_len, batch_size=args.batch_size, profile_repeats=args.profile_repeats, roofline_batch=args.roofline_batch,
         loss_model=args.loss_model, measure=args.measure, pareto=args.pareto, progress=args.progress,
+        solver=args.solver, seed=args.seed,
     )
     print(res.summary())
     for n in res.notes:
