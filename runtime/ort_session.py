@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -93,10 +93,21 @@ def session_options(threads: int | None = None, optimize: bool = True,
     return so
 
 
+#: the newest IR version onnxruntime reads here (onnx 1.23 writes newer ones by default; opset 21 needs 10)
+ORT_MAX_IR = 10
+
+
 def make_session(model_or_path: ir.Model | str | os.PathLike, optimize: bool = True, threads: int | None = None,
                  optimized_model_filepath: str | None = None, fp8: bool | None = None,
-                 exact_qdq: bool = False) -> ort.InferenceSession:
-    """A CPU session; FP8 Q/DQ models always get the QDQ fusions disabled (``fp8`` forces it).
+                 exact_qdq: bool = False, timing: bool = False,
+                 disabled_optimizers: Sequence[str] = ()) -> ort.InferenceSession:
+    """The one way onnx-amp builds an ORT CPU session (validation, evaluation, profiling, timing).
+
+    FP8 Q/DQ models always get the QDQ fusions disabled (``fp8`` forces it); INT8 Q/DQ models run
+    without CommonSubexpressionElimination. ``timing``: thread-pool spinning off, for many sessions
+    timed interleaved (a pool that keeps spinning after its run steals the cores of the next session:
+    region times inflated about 3x, measured). ``disabled_optimizers``: more ORT optimizers to
+    disable (an experiment knob, e.g. ``["NchwcTransformer"]``). The model is never modified.
 
     ``exact_qdq``: also keep INT8 Q/DQ unfused (the Q/DQ math as ONNX defines it, float MatMul).
     ORT's fused u8s8 integer kernels saturate int16 pair sums on x86 CPUs without VNNI (this
@@ -112,6 +123,7 @@ def make_session(model_or_path: ir.Model | str | os.PathLike, optimize: bool = T
         proto = None
         if not external:
             proto = ir.to_proto(model)
+            proto.ir_version = min(proto.ir_version or ORT_MAX_IR, ORT_MAX_IR)
             if proto.ByteSize() > 1_800_000_000:
                 proto = None
         if proto is not None:
@@ -119,7 +131,12 @@ def make_session(model_or_path: ir.Model | str | os.PathLike, optimize: bool = T
         else:
             tmpdir = tempfile.TemporaryDirectory(prefix="onnx_amp_ort_")
             path = Path(tmpdir.name) / "model.onnx"
-            ir.save(model, path, external_data="model.onnx.data")
+            irv = model.ir_version
+            model.ir_version = min(irv or ORT_MAX_IR, ORT_MAX_IR)
+            try:
+                ir.save(model, path, external_data="model.onnx.data")
+            finally:
+                model.ir_version = irv
             source = str(path)
     else:
         path = Path(model_or_path)
@@ -129,11 +146,15 @@ def make_session(model_or_path: ir.Model | str | os.PathLike, optimize: bool = T
         has_qdq = _proto_has_qdq(path)
         source = str(path)
     so = session_options(threads, optimize, optimized_model_filepath)
-    kwargs = {}
+    if timing:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    disabled = list(disabled_optimizers)
     if has_fp8 or (exact_qdq and has_qdq):
-        kwargs["disabled_optimizers"] = list(FP8_DISABLED_OPTIMIZERS)
+        disabled += FP8_DISABLED_OPTIMIZERS
     elif has_qdq:
-        kwargs["disabled_optimizers"] = list(INT8_DISABLED_OPTIMIZERS)
+        disabled += INT8_DISABLED_OPTIMIZERS
+    kwargs = {"disabled_optimizers": list(dict.fromkeys(disabled))} if disabled else {}
     try:
         sess = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"], **kwargs)
     except Exception as e:  # noqa: BLE001

@@ -38,56 +38,29 @@ from onnx_amp.core import annotations as ann
 from onnx_amp.passes.gains import Config, config_key, region_configs, region_units
 from onnx_amp.core.errors import OnnxAmpError
 from onnx_amp.core.targets import Target, load_target
+from onnx_amp.runtime.ort_session import ORT_MAX_IR
 
 logger = logging.getLogger(__name__)
 
-SMALL_CONST = 64
-ORT_MAX_IR = 10  # onnx 1.23 writes IR 11+ by default; this ORT reads up to 13, opset 21 needs 10  # constants up to this many elements enter the structural hash by value
+SMALL_CONST = 64  # constants up to this many elements enter the structural hash by value
 
 
 # ---------------------------------------------------------------------------------------------
 # sessions
 # ---------------------------------------------------------------------------------------------
 
-#: extra ORT optimizers every timing session disables (an experiment knob, e.g. ``["NchwcTransformer"]``
-#: for ``tools/additivity.py --disable_optimizers``); empty in normal use
-EXTRA_DISABLED_OPTIMIZERS: list[str] = []
+def make_ort_session(model: ir.Model, threads: int | None = None, spinning: bool = False,
+                     disabled_optimizers: Sequence[str] = ()):
+    """An ORT CPU session for timing: ``runtime.ort_session.make_session`` with thread-pool spinning
+    off (``timing``) unless ``spinning``. The model is not modified."""
+    from onnx_amp.runtime.ort_session import make_session
+
+    return make_session(model, threads=threads, timing=not spinning, disabled_optimizers=disabled_optimizers)
 
 
-def make_ort_session(model: ir.Model, threads: int | None = None, spinning: bool = False):
-    """An ORT CPU session for timing: the shared ``ort_session.session_options`` (FP8 models get
-    the FP8-safe ``disabled_optimizers``), and thread-pool spinning OFF by default: many sessions
-    run interleaved here, and a pool that keeps spinning after its run steals the cores of the next
-    session (we measured region times inflated about 3x with spinning on). ``model`` may be
-    modified (IR version clamped to what this ORT reads)."""
-    import tempfile
-
-    import onnxruntime as ort
-
-    from onnx_amp.runtime.ort_session import FP8_DISABLED_OPTIMIZERS, model_has_fp8, session_options
-
-    model.ir_version = min(model.ir_version or ORT_MAX_IR, ORT_MAX_IR)
-    so = session_options(threads)
-    if not spinning:
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    disabled = (list(FP8_DISABLED_OPTIMIZERS) if model_has_fp8(model) else []) + EXTRA_DISABLED_OPTIMIZERS
-    kwargs = {"disabled_optimizers": disabled} if disabled else {}
-    tmp = None
-    if any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values()):
-        tmp = tempfile.TemporaryDirectory(prefix="onnx_amp_prof_")
-        source = f"{tmp.name}/model.onnx"
-        ir.save(model, source, external_data="model.onnx.data")
-    else:
-        source = ir.to_proto(model).SerializeToString()
-    try:
-        sess = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"], **kwargs)
-    except Exception as e:  # noqa: BLE001
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise OnnxAmpError(f"{model.graph.name or 'model'}: ONNX Runtime cannot load the lowered model ({msg})") from e
-    sess._onnx_amp_tmpdir = tmp  # external data stays alive with the session
-    return sess
-
+# ---------------------------------------------------------------------------------------------
+# inputs from a real run
+# ---------------------------------------------------------------------------------------------
 
 def sample_feeds(model: ir.Model, batch_size: int = 1, seq_len: int = 32, seed: int = 0,
                  vocab: int = 1000) -> dict[str, np.ndarray]:
@@ -418,7 +391,8 @@ def profile_model(model: ir.Model, target: Target | str = "cpu", *, feeds: dict[
                   batch_size: int = 1, seq_len: int = 32, warmup: int = 2, repeats: int = 10,
                   max_configs: int = 64, regions: Sequence[str] | None = None, threads: int | None = None,
                   min_round_s: float = 0.002, progress: bool = True, share: bool = True,
-                  seed: int = 0, int8_output_q: bool | str = INT8_OUTPUT_Q) -> ProfileResult:
+                  seed: int = 0, int8_output_q: bool | str = INT8_OUTPUT_Q,
+                  disabled_optimizers: Sequence[str] = ()) -> ProfileResult:
     """Measure every region configuration of a partitioned model with ORT on this CPU.
 
     ``model`` must carry the partition annotations (``PartitionPass``); it is not modified.
@@ -433,7 +407,7 @@ def profile_model(model: ir.Model, target: Target | str = "cpu", *, feeds: dict[
     if target.measured_backend != "ort_cpu":
         raise OnnxAmpError(
             f"target {target.name} cannot be measured here (measured_backend={target.measured_backend}); "
-            "use the roofline (drop --measure) or tools/gpu_profile.py on that device"
+            "use the roofline (drop --measure) or tools/bench/gpu_profile.py on that device"
         )
     t_start = time.perf_counter()
     regions_json = ann.get_json(model, ann.REGIONS)
@@ -493,7 +467,7 @@ def profile_model(model: ir.Model, target: Target | str = "cpu", *, feeds: dict[
             annotate_amax_from_run(m, values)
             if any(tuple(a) != target.high for a in cfg.values()):
                 m = lower_config(m, cfg, target, int8_output_q)
-            sess = make_ort_session(m, threads)
+            sess = make_ort_session(m, threads, disabled_optimizers=disabled_optimizers)
             n_sessions += 1
             f = {i.name: region_feeds[i.name] for i in sess.get_inputs()}
             runners.append(lambda s=sess, f=f: s.run(None, f))
@@ -510,15 +484,12 @@ def profile_model(model: ir.Model, target: Target | str = "cpu", *, feeds: dict[
 
 
 def time_model(models: Sequence[ir.Model], feeds: dict[str, np.ndarray], warmup: int = 2, repeats: int = 10,
-               threads: int | None = None, seed: int = 0, min_round_s: float = 0.0) -> Timing:
+               threads: int | None = None, seed: int = 0, min_round_s: float = 0.0,
+               disabled_optimizers: Sequence[str] = ()) -> Timing:
     """Paired-round timing of whole models (e.g. all-high vs a plan) on the same feeds."""
     runners = []
     for m in models:
-        irv = m.ir_version
-        try:
-            sess = make_ort_session(m, threads)
-        finally:
-            m.ir_version = irv
+        sess = make_ort_session(m, threads, disabled_optimizers=disabled_optimizers)
         names = {x.name for x in sess.get_inputs()}
         f = {k: v for k, v in feeds.items() if k in names}
         runners.append(lambda s=sess, f=f: s.run(None, f))

@@ -1,9 +1,7 @@
 """Gaudi export: the INC FP8 config optimum-habana reads.
 
-Validation method: when Intel Neural Compressor is available (``neural_compressor`` importable, or
-the interpreter named by ``ONNX_AMP_INC_PYTHON``, by default the scratch venv
-``/work/scratch/pipeline/venv`` where ``neural-compressor==3.10`` is installed ``--no-deps`` over the
-system torch 2.13.0+cpu), the written file is parsed by INC's own loaders (``FP8Config.from_json_file``
+Validation method: Intel Neural Compressor (``neural-compressor==3.10``, installed ``--no-deps`` by
+``tools/install.sh``; or the interpreter named by ``ONNX_AMP_INC_PYTHON``) parses the written file is parsed by INC's own loaders (``FP8Config.from_json_file``
 and ``Fp8cfg.parse``, the parser ``prepare``/``convert`` use) and module names are run through
 INC's own matcher ``should_quantize``. INC refuses non-QDQ FP8 on a CPU device, so the parser check
 adds ``use_qdq: true`` to its in-memory copy (the file stays as Gaudi needs it). Without INC the
@@ -17,7 +15,6 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import onnx_ir as ir
 import pytest
@@ -50,9 +47,7 @@ def _inc_python() -> str | None:
         import neural_compressor  # noqa: F401
         return sys.executable
     except ImportError:
-        pass
-    venv = Path("/work/scratch/pipeline/venv/bin/python")
-    return str(venv) if venv.exists() else None
+        return None
 
 
 def _model(layers: list[tuple[str, str, str | None, tuple[str, str] | None]]) -> ir.Model:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import onnx
@@ -20,7 +19,7 @@ from onnx_amp.passes.partition import (
     partition_summary,
 )
 from onnx_amp.runtime.onnx_io import OnnxAmpError
-from onnx_amp.tools.bench_partition import G, synthetic_transformer, transformer
+from onnx_amp.tools.synthetic import G, synthetic_transformer, transformer
 
 
 def region_nodes(p, rid):
@@ -424,19 +423,12 @@ def test_extract_region_runs_alone():
 # ---------------------------------------------------------------------------- scale
 
 
-def test_linear_time_smoke():
-    """CPU time (the 2-core box is shared, wall time is noisy): 40k nodes well under 2 s, ~linear."""
-    small = synthetic_transformer(4_000, seed=1)
-    big = synthetic_transformer(40_000, seed=1)
-    partition(small)
-    t_small = t_big = float("inf")
-    for _ in range(2):
-        c0 = time.process_time()
-        partition(small)
-        t_small = min(t_small, time.process_time() - c0)
-        c0 = time.process_time()
-        p = partition(big)
-        t_big = min(t_big, time.process_time() - c0)
-    assert len(p.regions) > 2000 and len(big.graph) >= 40_000
-    assert t_big < 1.0, t_big  # 100k-node budget is 2 s
-    assert t_big / t_small < 10 * 2.0, (t_small, t_big)  # 10x the nodes: not quadratic
+def test_large_graphs_partition_like_small_ones():
+    """40k nodes: the same block structure as 4k, ten times the regions (speed is a benchmark's
+    business: python -m onnx_amp.tools.bench.bench_partition)."""
+    small = partition(synthetic_transformer(4_000, seed=1))
+    big_model = synthetic_transformer(40_000, seed=1)
+    big = partition(big_model)
+    assert len(big_model.graph) >= 40_000 and len(big.regions) > 2000
+    assert abs(len(big.regions) / len(small.regions) - 10) < 0.5
+    assert abs(len(big.layers) / len(small.layers) - 10) < 0.5

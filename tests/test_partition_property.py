@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from onnx_amp.passes.partition import partition
-from onnx_amp.tools.bench_partition import G
+from onnx_amp.tools.synthetic import G
 
 
 @st.composite

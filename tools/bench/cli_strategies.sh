@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Every strategy from the command line on the three subject models (cpu target, measured gains):
-#   bash tools/cli_strategies.sh OUT_DIR [SUBJECT ...]     (default: minilm-sentiment effnet-lite0 smollm2)
+#   bash tools/bench/cli_strategies.sh OUT_DIR [SUBJECT ...]     (default: minilm-sentiment effnet-lite0 smollm2)
 # export -> partition -> calibrate -> profile --measure -> solve --strategy S for every S, with
 # pareto-greedy / ip-pairs measuring on 8 held-out samples (--eval_data). Prints one line per solve.
 set -euo pipefail
-out=${1:?usage: bash tools/cli_strategies.sh OUT_DIR [SUBJECT ...]}
+out=${1:?usage: bash tools/bench/cli_strategies.sh OUT_DIR [SUBJECT ...]}
 shift
 subjects=${*:-minilm-sentiment effnet-lite0 smollm2}
 mkdir -p "$out"

@@ -1,6 +1,6 @@
 """Cost of calibration: time of ``calibrate`` / time of one plain forward pass over the same data.
 
-    python -m onnx_amp.tools.bench_calibrate --subject minilm-sentiment --samples 32 --batch_size 8
+    python -m onnx_amp.tools.bench.bench_calibrate --subject minilm-sentiment --samples 32 --batch_size 8
 
 The plain forward is the same ONNX graph run by the same interpreter (``TorchGraph``) under
 ``torch.no_grad`` over the same batches (and, for reference, ONNX Runtime). The floor is about 3x

@@ -5,7 +5,7 @@ sequential region with 2 units; block widths cycle over ``--widths`` so there ar
 structures), partitions them, and runs ``profile_model`` (real ORT sessions, cpu target). Also profiles a
 small stack of the same blocks without sharing, to estimate what measuring every region would cost.
 
-    python -m onnx_amp.tools.bench_profile --blocks 100 1000 3000 --out /work/scratch/gains/bench_profile
+    python -m onnx_amp.tools.bench.bench_profile --blocks 100 1000 3000 --out out/bench_profile
 
 Writes ``bench_profile.json`` and ``bench_profile.png`` (profile seconds vs regions) to ``--out``.
 """
@@ -17,35 +17,10 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-import onnx_ir as ir
-from onnx import TensorProto, helper, numpy_helper
+
+from onnx_amp.tools.synthetic import deep_stack
 
 
-def deep_stack(nblocks: int, d: int = 32, widths=(64, 96, 128), seed: int = 0) -> ir.Model:
-    from onnx_ir.passes.common import ShapeInferencePass
-
-    from onnx_amp.passes.partition import PartitionPass
-
-    rng = np.random.default_rng(seed)
-    nodes, inits, x = [], [], "x"
-    for b in range(nblocks):
-        h = widths[b % len(widths)]
-        inits += [numpy_helper.from_array((rng.standard_normal((d, h)) * 0.1).astype(np.float32), f"w1_{b}"),
-                  numpy_helper.from_array((rng.standard_normal((h, d)) * 0.1).astype(np.float32), f"w2_{b}")]
-        nodes += [helper.make_node("MatMul", [x, f"w1_{b}"], [f"h{b}"], name=f"mm1_{b}"),
-                  helper.make_node("Relu", [f"h{b}"], [f"r{b}"], name=f"relu_{b}"),
-                  helper.make_node("MatMul", [f"r{b}", f"w2_{b}"], [f"o{b}"], name=f"mm2_{b}"),
-                  helper.make_node("Add", [f"o{b}", x], [f"y{b}"], name=f"add_{b}")]
-        x = f"y{b}"
-    g = helper.make_graph(nodes, "deep", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", d])],
-                          [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", d])], inits)
-    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
-    proto.ir_version = 10
-    model = ir.from_proto(proto)
-    ShapeInferencePass()(model)
-    PartitionPass()(model)
-    return model
 
 
 def main(argv=None) -> int:
@@ -57,7 +32,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch_size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--unshared_sample", type=int, default=6, help="regions timed without sharing for the estimate")
-    ap.add_argument("--out", default="/work/scratch/gains/bench_profile")
+    ap.add_argument("--out", default="out/bench_profile")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

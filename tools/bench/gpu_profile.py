@@ -15,9 +15,9 @@ Elementwise ops are not timed (the region's non-layer time is the same in every 
 Output JSON has the ``runtime.profile`` measured layout ``{region: {config_key: {time_s,
 time_gain_s, spread, noisy}}}`` so it can be fed to ``GainsPass(target, measured=...)``:
 
-    python -m onnx_amp.tools.gpu_profile MODEL.partitioned.onnx --target h100 --batch_size 1 --seq_len 2048 \\
+    python -m onnx_amp.tools.bench.gpu_profile MODEL.partitioned.onnx --target h100 --batch_size 1 --seq_len 2048 \\
         -o gains_gpu.json
-    python -m onnx_amp.tools.gpu_profile MODEL.partitioned.onnx --target h100 --dry-run -o /tmp/x.json  # CPU check
+    python -m onnx_amp.tools.bench.gpu_profile MODEL.partitioned.onnx --target h100 --dry-run -o /tmp/x.json  # CPU check
 """
 
 from __future__ import annotations

@@ -1,11 +1,21 @@
-"""Small graph builder for the partition tests (hand-built ONNX graphs with known answers)."""
+"""Synthetic graphs and problems with known structure, for tests and benchmarks alike.
+
+- :class:`G`, :func:`transformer`, :func:`synthetic_transformer`: hand-built ONNX graphs for the partition;
+- :func:`deep_stack`: a deep residual MLP stack, partitioned (profiling with structure sharing);
+- :func:`random_problem`: a seeded plan-selection problem with full tables (the solvers).
+"""
 
 from __future__ import annotations
+
+import itertools
+import math
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 from onnx import TensorProto, helper, numpy_helper
+
+from onnx_amp.passes.problem import Config, Problem, Region
 
 
 class G:
@@ -177,84 +187,50 @@ def synthetic_transformer(n_nodes: int, seed: int = 0) -> ir.Model:
     return ir.Model(graph, ir_version=10)
 
 
-def main(argv=None) -> int:
-    import argparse
-    import gc
-    import time
+def deep_stack(nblocks: int, d: int = 32, widths=(64, 96, 128), seed: int = 0) -> ir.Model:
+    from onnx_ir.passes.common import ShapeInferencePass
 
-    ap = argparse.ArgumentParser(description="Partition time on synthetic transformer-like graphs")
-    ap.add_argument("--sizes", default="10000,100000,1000000")
-    ap.add_argument("--repeat", type=int, default=3, help="best-of repeats (1 for the largest)")
-    ap.add_argument("--png", default="partition_bench.png")
-    args = ap.parse_args(argv)
-    from onnx_amp.passes.partition import annotate, partition
+    from onnx_amp.passes.partition import PartitionPass
 
-    sizes = [int(s) for s in args.sizes.split(",")]
-    rows = []
-    for n in sizes:
-        t0 = time.perf_counter()
-        model = synthetic_transformer(n)
-        t_build = time.perf_counter() - t0
-        nn = len(model.graph)
-        reps = args.repeat if n <= 200_000 else 1
-        best = best_cpu = float("inf")
-        for _ in range(reps):
-            t0, c0 = time.perf_counter(), time.process_time()
-            part = partition(model)
-            best = min(best, time.perf_counter() - t0)
-            best_cpu = min(best_cpu, time.process_time() - c0)
-        # baseline: one trivial linear pass over the same graph (value->producer map), to separate
-        # the algorithm's growth from the memory hierarchy's (bigger heaps, more cache misses)
-        gc.disable()
-        c0 = time.process_time()
-        nodes = list(model.graph)
-        prod = {o: i for i, n in enumerate(nodes) for o in n.outputs}
-        _ = [[prod.get(v) for v in n.inputs] for n in nodes]
-        t_base = time.process_time() - c0
-        gc.enable()
-        del nodes, prod, _
-        t0 = time.perf_counter()
-        annotate(model, part)
-        t_ann = time.perf_counter() - t0
-        rows.append((nn, best, t_ann, len(part.regions), len(part.layers), best_cpu, t_base))
-        print(f"built {nn} nodes in {t_build:.1f}s; partition {best:.3f}s wall ({best_cpu:.3f}s CPU), "
-              f"annotate {t_ann:.3f}s, {len(part.regions)} regions", flush=True)
-        del model, part
-    print()
-    print(f"{'nodes':>9} {'wall s':>8} {'CPU s':>7} {'CPU us/node':>11} {'annotate s':>10} {'regions':>8} "
-          f"{'layers':>8} {'growth':>7} {'base CPU s':>10} {'base growth':>11}")
-    for k, (nn, t, ta, nr, nl, tc, tb) in enumerate(rows):
-        growth = "" if k == 0 else f"{(tc / rows[k - 1][5]) / (nn / rows[k - 1][0]):.2f}"
-        bgrowth = "" if k == 0 else f"{(tb / rows[k - 1][6]) / (nn / rows[k - 1][0]):.2f}"
-        print(f"{nn:>9} {t:>8.3f} {tc:>7.3f} {1e6 * tc / nn:>11.2f} {ta:>10.3f} {nr:>8} {nl:>8} {growth:>7} "
-              f"{tb:>10.3f} {bgrowth:>11}")
-    print("growth = (CPU time ratio) / (node ratio) between consecutive sizes; 1.00 is exactly linear;")
-    print("base = one trivial pass (value->producer dict) over the same graph, for the memory-hierarchy share")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        xs = [r[0] for r in rows]
-        fig, ax = plt.subplots(figsize=(5, 4))
-        ax.loglog(xs, [r[1] for r in rows], "o-", label="partition() wall")
-        ax.loglog(xs, [r[5] for r in rows], "^-", label="partition() CPU")
-        ax.loglog(xs, [r[1] + r[2] for r in rows], "s--", label="partition + annotate wall")
-        ax.loglog(xs, [r[6] for r in rows], "x:", label="trivial pass CPU (baseline)")
-        ax.loglog(xs, [rows[0][5] * x / xs[0] for x in xs], ":", color="gray", label="linear")
-        ax.axhline(2.0, color="red", lw=0.8, label="2 s")
-        ax.set_xlabel("nodes")
-        ax.set_ylabel("seconds")
-        ax.set_title("onnx-amp partition time (synthetic transformer)")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(args.png, dpi=120)
-        print(f"plot: {args.png}")
-    except ImportError:
-        pass
-    return 0
+    rng = np.random.default_rng(seed)
+    nodes, inits, x = [], [], "x"
+    for b in range(nblocks):
+        h = widths[b % len(widths)]
+        inits += [numpy_helper.from_array((rng.standard_normal((d, h)) * 0.1).astype(np.float32), f"w1_{b}"),
+                  numpy_helper.from_array((rng.standard_normal((h, d)) * 0.1).astype(np.float32), f"w2_{b}")]
+        nodes += [helper.make_node("MatMul", [x, f"w1_{b}"], [f"h{b}"], name=f"mm1_{b}"),
+                  helper.make_node("Relu", [f"h{b}"], [f"r{b}"], name=f"relu_{b}"),
+                  helper.make_node("MatMul", [f"r{b}", f"w2_{b}"], [f"o{b}"], name=f"mm2_{b}"),
+                  helper.make_node("Add", [f"o{b}", x], [f"y{b}"], name=f"add_{b}")]
+        x = f"y{b}"
+    g = helper.make_graph(nodes, "deep", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", d])],
+                          [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", d])], inits)
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+    proto.ir_version = 10
+    model = ir.from_proto(proto)
+    ShapeInferencePass()(model)
+    PartitionPass()(model)
+    return model
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def random_problem(n_regions: int, n_configs: int, seed: int = 0, formats=("bf16", "fp8_e4m3"), metric_noise=0.3) -> Problem:
+    """Seeded random problem with full tables: each region has k = log2(n_configs) units."""
+    rng = np.random.default_rng(seed)
+    k = max(1, int(round(math.log2(n_configs))))
+    hi, lo = (formats[0], formats[0]), (formats[1], formats[1])
+    regions = []
+    for g in range(n_regions):
+        units = [f"U{g * k + j}" for j in range(k)]
+        t_unit = rng.uniform(0.1, 1.0, size=k)
+        d_unit = rng.lognormal(0.0, 1.5, size=k) * 1e-4
+        d_high = rng.uniform(0, 1e-7, size=k)
+        configs = []
+        for bits in itertools.product([0, 1], repeat=k):
+            b = np.array(bits)
+            # gains are not additive across units: a random interaction term
+            t = float(t_unit @ b) * (1 + metric_noise * rng.standard_normal() * (b.sum() > 1))
+            d = float(d_unit @ b + d_high @ (1 - b))
+            assign = {u: (lo if x else hi) for u, x in zip(units, bits)}
+            configs.append(Config(assign, {"time": t, "tt": float(t_unit @ b), "memory": float(b.sum())}, d))
+        regions.append(Region(f"r{g}", units, configs[:n_configs]))
+    return Problem(regions, hi, target="synthetic")

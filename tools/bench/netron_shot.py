@@ -6,7 +6,7 @@ opens (it lists the node's ``metadata_props``: ``onnx_amp.region``, ``onnx_amp.l
 ``onnx_amp.unit``, ``onnx_amp.precision``, ...), checks that the sidebar text contains them and
 writes a PNG. Chromium is driven over the Chrome DevTools protocol (``websocket-client``).
 
-    python -m onnx_amp.tools.netron_shot model.amp.onnx --node L4 -o shot.png
+    python -m onnx_amp.tools.bench.netron_shot model.amp.onnx --node L4 -o shot.png
 """
 
 from __future__ import annotations

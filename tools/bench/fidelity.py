@@ -1,8 +1,8 @@
 """Fidelity of the loss model: predicted vs measured loss MSE over many plans (issue 3, item 9).
 
-    python -m onnx_amp.tools.fidelity --subject minilm-sentiment --out /tmp/fid
-    python -m onnx_amp.tools.fidelity --subject effnet-lite0 --out /tmp/fid
-    python -m onnx_amp.tools.fidelity --subject smollm2 --out /tmp/fid --calib 8 --eval 8 --seq_len 64
+    python -m onnx_amp.tools.bench.fidelity --subject minilm-sentiment --out /tmp/fid
+    python -m onnx_amp.tools.bench.fidelity --subject effnet-lite0 --out /tmp/fid
+    python -m onnx_amp.tools.bench.fidelity --subject smollm2 --out /tmp/fid --calib 8 --eval 8 --seq_len 64
 
 Per model: calibrate on the ``calib`` split, then on held-out (``eval``) samples measure
 ``mean_n (L_n(plan) - L_n(fp32))^2`` for (a) every single-unit FP8-E4M3 plan, (b) ``--random``

@@ -1,6 +1,6 @@
 """Benchmark the integer program: N regions x C configurations (random, seeded), CBC and HiGHS.
 
-    python -m onnx_amp.tools.bench_solve --regions 1000 --configs 64
+    python -m onnx_amp.tools.bench.bench_solve --regions 1000 --configs 64
 
 Each region has log2(C) units over {bf16, fp8_e4m3}; gains and predicted MSE grow with the number
 of lowered units plus noise, so configurations trade off as they do in real tables.
@@ -9,36 +9,13 @@ of lowered units plus noise, so configurations trade off as they do in real tabl
 from __future__ import annotations
 
 import argparse
-import itertools
-import math
 import time
 
-import numpy as np
 
-from onnx_amp.passes.solve import Config, Problem, Region, solve_ip
+from onnx_amp.passes.ip import solve_ip
+from onnx_amp.tools.synthetic import random_problem
 
 
-def random_problem(n_regions: int, n_configs: int, seed: int = 0, formats=("bf16", "fp8_e4m3"), metric_noise=0.3) -> Problem:
-    """Seeded random problem with full tables: each region has k = log2(n_configs) units."""
-    rng = np.random.default_rng(seed)
-    k = max(1, int(round(math.log2(n_configs))))
-    hi, lo = (formats[0], formats[0]), (formats[1], formats[1])
-    regions = []
-    for g in range(n_regions):
-        units = [f"U{g * k + j}" for j in range(k)]
-        t_unit = rng.uniform(0.1, 1.0, size=k)
-        d_unit = rng.lognormal(0.0, 1.5, size=k) * 1e-4
-        d_high = rng.uniform(0, 1e-7, size=k)
-        configs = []
-        for bits in itertools.product([0, 1], repeat=k):
-            b = np.array(bits)
-            # gains are not additive across units: a random interaction term
-            t = float(t_unit @ b) * (1 + metric_noise * rng.standard_normal() * (b.sum() > 1))
-            d = float(d_unit @ b + d_high @ (1 - b))
-            assign = {u: (lo if x else hi) for u, x in zip(units, bits)}
-            configs.append(Config(assign, {"time": t, "tt": float(t_unit @ b), "memory": float(b.sum())}, d))
-        regions.append(Region(f"r{g}", units, configs[:n_configs]))
-    return Problem(regions, hi, target="synthetic")
 
 
 def main(argv=None) -> int:

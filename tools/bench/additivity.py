@@ -15,7 +15,7 @@ Writes ``additivity.json`` (figures: mean absolute relative error of each predic
 also as % of the FP32 model time) and ``additivity.png`` (predicted vs measured, y = x) to
 ``--out``. Typical run (about 10 minutes on 2 cores):
 
-    python -m onnx_amp.tools.additivity --plans 20 --seq_len 64 --repeats 7 --out /work/scratch/gains/additivity
+    python -m onnx_amp.tools.bench.additivity --plans 20 --seq_len 64 --repeats 7 --out out/additivity
 """
 
 from __future__ import annotations
@@ -29,10 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_MODELS = {
-    "smollm2": "/work/cache/smollm2/model.onnx",
-    "effnet": "/work/cache/effnet/model.onnx",
-}
+#: the models measured by default: subjects, exported on first use into the export cache
+DEFAULT_MODELS = ("smollm2", "effnet")
 
 
 def _units_by_region(model) -> dict[str, list[str]]:
@@ -100,7 +98,8 @@ def run_model(name: str, path: str, args, target) -> dict:
     PartitionPass()(model)
     feeds = sample_feeds(model, args.batch_size, args.seq_len, seed=args.seed)
     prof = profile_model(model, target, feeds=feeds, batch_size=args.batch_size, seq_len=args.seq_len,
-                         repeats=args.repeats, warmup=2, progress=True, seed=args.seed)
+                         repeats=args.repeats, warmup=2, progress=True, seed=args.seed,
+                         disabled_optimizers=args.disabled)
     print(f"[{name}] {prof.summary()}")
     # amax for the whole model from one run (the profile did the same per region)
     names = [v.name for n in model.graph if ann.get_str(n, ann.LAYER)
@@ -110,14 +109,14 @@ def run_model(name: str, path: str, args, target) -> dict:
     by_region = _units_by_region(model)
     all_units = [u for us in by_region.values() for u in us]
     plans = random_plans(all_units, args.plans, args.seed)
-    base = make_ort_session(model.clone())
+    base = make_ort_session(model.clone(), disabled_optimizers=args.disabled)
     in_names = {i.name for i in base.get_inputs()}
     f = {k: v for k, v in feeds.items() if k in in_names}
     rows = []
     base_times = []
     for i, low in enumerate(tqdm(plans, desc=f"{name} plans")):
         pr, pu, complete = predict(low, by_region, prof.measured)
-        sess = make_ort_session(lower_full(model, low, target))
+        sess = make_ort_session(lower_full(model, low, target), disabled_optimizers=args.disabled)
         tm = time_paired([lambda: base.run(None, f), lambda s=sess: s.run(None, f)], warmup=2,
                          repeats=args.repeats, seed=args.seed + i)
         s = tm.summary(1)
@@ -193,21 +192,22 @@ def main(argv=None) -> int:
     ap.add_argument("--seq_len", type=int, default=64, help="sequence length for the language model")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="/work/scratch/gains/additivity")
+    ap.add_argument("--out", default="out/additivity")
     ap.add_argument("--disable_optimizers", default="", metavar="NAME,NAME",
                     help="ORT optimizers to disable in every timing session (an experiment: NchwcTransformer keeps "
                     "FP32 convolutions in NCHW, so region boundaries cost no layout reorders)")
     args = ap.parse_args(argv)
-    from onnx_amp.runtime import profile
-
-    profile.EXTRA_DISABLED_OPTIMIZERS[:] = [x for x in args.disable_optimizers.split(",") if x]
+    args.disabled = [x for x in args.disable_optimizers.split(",") if x]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     target = load_target("cpu")
     results = []
     for spec in args.models:
         name, _, path = spec.partition("=")
-        path = path or DEFAULT_MODELS[name]
+        if not path:
+            from onnx_amp.runtime.export import ensure_subject_onnx
+
+            path = str(ensure_subject_onnx(name))
         res = run_model(name, path, args, target)
         results.append(res)
         print(json.dumps({k: v for k, v in res.items() if k != "plans"}, indent=1))

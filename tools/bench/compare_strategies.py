@@ -14,8 +14,8 @@ For each subject (SmolLM2-135M, MiniLM-sentiment) and target (``cpu``: {FP32, IN
 4. ``results.md`` (tables), ``results.json`` and one Pareto PNG per subject/target; plan evaluations
    are kept in ``evals.*.json`` in ``--out`` and reused by a re-run with the same settings.
 
-    python -m onnx_amp.tools.compare_strategies --out /tmp/cmp --small        # minutes, for development
-    python -m onnx_amp.tools.compare_strategies --out /tmp/cmp                # the full run (~25 min, 2 cores)
+    python -m onnx_amp.tools.bench.compare_strategies --out /tmp/cmp --small        # minutes, for development
+    python -m onnx_amp.tools.bench.compare_strategies --out /tmp/cmp                # the full run (~25 min, 2 cores)
 
 ``pareto-greedy`` measures each unit's sensitivity (loss MSE with only that unit lowered) with real
 ORT runs (AIMET's way; ``--no-measure_units``: the predicted one). ``ip-pairs`` measures
