@@ -6,6 +6,7 @@ usable here), optionally with Schaefer-style pair terms for neighbouring units.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -76,6 +77,100 @@ def check_tau(problem: Problem, tau: float) -> None:
         )
 
 
+@dataclass
+class _IP:
+    """One integer program: candidate configurations per region, scaled gains and losses."""
+
+    problem: Problem
+    arrays: list[tuple[np.ndarray, np.ndarray]]
+    cand: list[list[int]]
+    pairs: dict[tuple[str, str], float]
+    tau: float
+    solver_name: str
+    max_gap: float
+    time_limit: float
+    start: list[int] | None = None
+
+    def __post_init__(self):
+        arrays, cand = self.arrays, self.cand
+        self.tscale = max((float(np.abs(T[c]).max()) for (T, _), c in zip(arrays, cand) if c), default=1.0) or 1.0
+        self.dscale = self.tau if self.tau > 0 else (max(float(D[c].max()) for (_, D), c in zip(arrays, cand)) or 1.0)
+
+    def _model(self):
+        import mip
+
+        m = mip.Model(sense=mip.MAXIMIZE, solver_name=self.solver_name)
+        m.verbose = 0
+        m.max_mip_gap = self.max_gap
+        m.max_mip_gap_abs = 1e-9
+        try:
+            m.threads = 1
+        except Exception:  # noqa: BLE001 (a solver without a thread setting)
+            pass
+        return m
+
+    def _pair_terms(self, m, z, kvars, kcoefs) -> None:
+        """y >= x1 + x2 - 1, y <= x1, y <= x2 for each pair (x_u = unit u lowered); y costs the pair term."""
+        import mip
+
+        p = self.problem
+        for (u1, u2), pen in self.pairs.items():
+            xs = []
+            for u in (u1, u2):
+                g = p.unit_region[u]
+                vs = [v for v, i in zip(z[g], self.cand[g]) if tuple(p.regions[g].configs[i].assign[u]) != tuple(p.high)]
+                xs.append(mip.LinExpr(vs, [1.0] * len(vs)))
+            y = m.add_var(var_type=mip.BINARY)
+            m.add_constr(y >= xs[0] + xs[1] - 1)
+            m.add_constr(y <= xs[0])
+            m.add_constr(y <= xs[1])
+            kvars.append(y)
+            kcoefs.append(pen / self.dscale)
+
+    def solve(self, shrink: float) -> list[int]:
+        import mip
+
+        m = self._model()
+        z: list[list[Any]] = []
+        kvars, kcoefs = [], []
+        for g, c in enumerate(self.cand):
+            T, D = self.arrays[g]
+            zs = [m.add_var(var_type=mip.BINARY, obj=float(T[i]) / self.tscale) for i in c]
+            z.append(zs)
+            m.add_constr(mip.LinExpr(zs, [1.0] * len(zs)) == 1)
+            for v, i in zip(zs, c):
+                if D[i]:
+                    kvars.append(v)
+                    kcoefs.append(float(D[i]) / self.dscale)
+        self._pair_terms(m, z, kvars, kcoefs)
+        if kvars:
+            m.add_constr(mip.LinExpr(kvars, kcoefs) <= self.tau / self.dscale * (1 - shrink))
+        if self.start is not None:  # after every row is in: HiGHS drops a solution set before rows are added
+            m.start = [(z[g][self.cand[g].index(i)], 1.0) for g, i in enumerate(self.start)]
+        status = m.optimize(max_seconds=self.time_limit)
+        if status not in (mip.OptimizationStatus.OPTIMAL, mip.OptimizationStatus.FEASIBLE):
+            if status == mip.OptimizationStatus.INFEASIBLE:
+                lo = self.problem.min_mse() + min(0.0, sum(min(0.0, p) for p in self.pairs.values()))
+                raise OnnxAmpError(f"tau={self.tau:.6g} is infeasible with the pair terms; the smallest feasible tau "
+                                   f"is at least {lo:.6g}")
+            raise OnnxAmpError(f"integer program ended with status {status.name} (solver {self.solver_name}, "
+                               f"tau={self.tau:.6g})")
+        return [c[int(np.argmax([v.x or 0.0 for v in z[g]]))] for g, c in enumerate(self.cand)]
+
+
+def _candidates(problem: Problem, arrays, tau: float, pairs: dict, prune: bool) -> list[list[int]]:
+    """Configurations each region may take: undominated ones (exact without pair terms), and only
+    those whose extra loss over the region's minimum fits the slack (which also keeps the
+    coefficients D/tau bounded, as HiGHS needs: it rejects |a| >= 1e15)."""
+    if prune and not pairs:
+        cand = [_pareto_filter(T, D) for T, D in arrays]
+    else:
+        cand = [list(range(len(T))) for T, _ in arrays]
+    slack = tau - problem.min_mse() - sum(p for p in pairs.values() if p < 0)
+    return [[i for i in c if D[i] - D.min() <= slack * (1 + 1e-9) + 1e-300] or [int(np.argmin(D))]
+            for (T, D), c in zip(arrays, cand)]
+
+
 def solve_ip(
     problem: Problem,
     tau: float,
@@ -91,82 +186,18 @@ def solve_ip(
     D and T are rescaled (by tau and by max |T|) so solver tolerances do not swamp tiny loss MSEs;
     dominated configurations are dropped first (exact when there are no pair terms).
     """
-    import mip
-
     metric = normalize_metric(metric)
     check_tau(problem, tau)
     pairs = {k: v for k, v in (pairs or {}).items() if v != 0.0}
-    solver_name = select_solver(solver_name).name
     arrays = problem.arrays(metric)
-    # candidate configurations per region
-    if prune and not pairs:
-        cand = [_pareto_filter(T, D) for T, D in arrays]
-    else:
-        cand = [list(range(len(T))) for T, _ in arrays]
-    # exact: a configuration whose extra loss over its region's minimum exceeds the slack can never fit
-    # (also keeps coefficients D/tau bounded, which HiGHS needs: it rejects |a| >= 1e15)
-    slack = tau - problem.min_mse() - sum(p for p in pairs.values() if p < 0)
-    cand = [[i for i in c if D[i] - D.min() <= slack * (1 + 1e-9) + 1e-300] or [int(np.argmin(D))]
-            for (T, D), c in zip(arrays, cand)]
+    cand = _candidates(problem, arrays, tau, pairs, prune)
     if not pairs:
         # trivial case: every region's best-gain candidate fits
         best = [max(c, key=lambda i: (T[i], -D[i])) for (T, D), c in zip(arrays, cand)]
         if sum(float(arrays[g][1][i]) for g, i in enumerate(best)) <= tau:
             return best
-    start = None if pairs else _hull_greedy(arrays, cand, tau)
-    tscale = max((float(np.abs(T[c]).max()) for (T, _), c in zip(arrays, cand) if c), default=1.0) or 1.0
-    dscale = tau if tau > 0 else (max(float(D[c].max()) for (_, D), c in zip(arrays, cand)) or 1.0)
-
-    def build_and_solve(shrink: float):
-        m = mip.Model(sense=mip.MAXIMIZE, solver_name=solver_name)
-        m.verbose = 0
-        m.max_mip_gap = max_gap
-        m.max_mip_gap_abs = 1e-9
-        try:
-            m.threads = 1
-        except Exception:
-            pass
-        z: list[list[Any]] = []
-        kvars, kcoefs = [], []
-        for g, c in enumerate(cand):
-            T, D = arrays[g]
-            zs = [m.add_var(var_type=mip.BINARY, obj=float(T[i]) / tscale) for i in c]
-            z.append(zs)
-            m.add_constr(mip.LinExpr(zs, [1.0] * len(zs)) == 1)
-            for v, i in zip(zs, c):
-                if D[i]:
-                    kvars.append(v)
-                    kcoefs.append(float(D[i]) / dscale)
-        for (u1, u2), pen in pairs.items():
-            xs = []
-            for u in (u1, u2):
-                g = problem.unit_region[u]
-                vs = [v for v, i in zip(z[g], cand[g]) if tuple(problem.regions[g].configs[i].assign[u]) != tuple(problem.high)]
-                xs.append(mip.LinExpr(vs, [1.0] * len(vs)))
-            y = m.add_var(var_type=mip.BINARY)
-            m.add_constr(y >= xs[0] + xs[1] - 1)
-            m.add_constr(y <= xs[0])
-            m.add_constr(y <= xs[1])
-            kvars.append(y)
-            kcoefs.append(pen / dscale)
-        rhs = tau / dscale
-        if kvars:
-            m.add_constr(mip.LinExpr(kvars, kcoefs) <= rhs * (1 - shrink))
-        if start is not None:  # after every row is in: HiGHS drops a solution set before rows are added
-            m.start = [(z[g][cand[g].index(i)], 1.0) for g, i in enumerate(start)]
-        status = m.optimize(max_seconds=time_limit)
-        if status not in (mip.OptimizationStatus.OPTIMAL, mip.OptimizationStatus.FEASIBLE):
-            if status == mip.OptimizationStatus.INFEASIBLE:
-                lo = problem.min_mse() + min(0.0, sum(min(0.0, p) for p in pairs.values()))
-                raise OnnxAmpError(
-                    f"tau={tau:.6g} is infeasible with the pair terms; the smallest feasible tau is at least {lo:.6g}"
-                )
-            raise OnnxAmpError(f"integer program ended with status {status.name} (solver {solver_name}, tau={tau:.6g})")
-        sel = []
-        for g, c in enumerate(cand):
-            vals = [v.x or 0.0 for v in z[g]]
-            sel.append(c[int(np.argmax(vals))])
-        return sel
+    ip = _IP(problem, arrays, cand, pairs, tau, select_solver(solver_name).name, max_gap, time_limit,
+             start=None if pairs else _hull_greedy(arrays, cand, tau))
 
     def total_d(sel):
         return problem.totals(sel, metric)[1] + pair_mse(problem, sel, pairs)
@@ -175,14 +206,14 @@ def solve_ip(
     # re-solve until the plan meets tau exactly; the warm start is always feasible as a last resort
     shrink = 1e-9
     for _ in range(4):
-        sel = build_and_solve(shrink)
+        sel = ip.solve(shrink)
         over = total_d(sel) - tau
         if over <= 0:
             return sel
         shrink += over / max(tau, 1e-300) + 1e-7
         log.debug("IP plan exceeds tau by %.3g (solver tolerance); re-solving with rhs shrunk by %.3g", over, shrink)
-    if start is not None and total_d(start) <= tau:
-        return start
+    if ip.start is not None and total_d(ip.start) <= tau:
+        return ip.start
     raise OnnxAmpError(f"integer program could not meet tau={tau:.6g} within solver tolerances; raise tau slightly")
 
 
