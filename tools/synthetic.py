@@ -2,7 +2,10 @@
 
 - :class:`G`, :func:`transformer`, :func:`synthetic_transformer`: hand-built ONNX graphs for the partition;
 - :func:`deep_stack`: a deep residual MLP stack, partitioned (profiling with structure sharing);
-- :func:`random_problem`: a seeded plan-selection problem with full tables (the solvers).
+- :func:`random_problem`: a seeded plan-selection problem with full tables (the solvers);
+- :func:`small_mlp`, :func:`small_convnet`: an MLP with an attention block and a small conv net,
+  partitioned, with :func:`annotate_amax` (calibration maxima from one run) and :func:`lowered`
+  (a uniform plan rewritten), for the backend tests and the OpenVINO measurements.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto as T
 
 from onnx_amp.passes.problem import Config, Problem, Region
 
@@ -234,3 +238,137 @@ def random_problem(n_regions: int, n_configs: int, seed: int = 0, formats=("bf16
             configs.append(Config(assign, {"time": t, "tt": float(t_unit @ b), "memory": float(b.sum())}, d))
         regions.append(Region(f"r{g}", units, configs[:n_configs]))
     return Problem(regions, hi, target="synthetic")
+
+
+def _t(name: str, arr: np.ndarray, dt: int):
+    if dt in (T.FLOAT8E4M3FN, T.FLOAT8E5M2, T.BFLOAT16):
+        return helper.make_tensor(name, dt, arr.shape, arr.tobytes(), raw=True)
+    return numpy_helper.from_array(arr, name)
+
+
+def _model(nodes, inits, inputs: dict[str, list[int]], y_shape: list[int]):
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(k, T.FLOAT, v) for k, v in inputs.items()],
+                          [helper.make_tensor_value_info("y", T.FLOAT, y_shape)], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+    m.ir_version = 10
+    return m
+
+
+def small_mlp(d: int = 256, h: int = 1024, tokens: int = 64, blocks: int = 2, heads: int = 4, seed: int = 0):
+    """x[tokens, d] -> (attention: q/k/v/o MatMul+bias, act-act MatMuls, Softmax) -> blocks x
+    (MatMul+bias, Relu, MatMul+bias, residual) -> y[tokens, d]; partitioned ir.Model and feeds."""
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+
+    def lin(name, x, k, n):
+        w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"{name}.w"))
+        inits.append(numpy_helper.from_array((rng.standard_normal(n) * 0.1).astype(np.float32), f"{name}.b"))
+        nodes.append(helper.make_node("MatMul", [x, f"{name}.w"], [f"{name}.mm"], name=f"{name}/MatMul"))
+        nodes.append(helper.make_node("Add", [f"{name}.mm", f"{name}.b"], [f"{name}.out"], name=f"{name}/Add"))
+        return f"{name}.out"
+
+    dh = d // heads
+    inits.append(numpy_helper.from_array(np.array([tokens, heads, dh], np.int64), "hshape"))
+    inits.append(numpy_helper.from_array(np.array([tokens, d], np.int64), "dshape"))
+    inits.append(numpy_helper.from_array(np.array(1.0 / np.sqrt(dh), np.float32), "att_scale"))
+    qkv = []
+    for nm in ("q", "k", "v"):
+        o = lin(f"attn.{nm}", "x", d, d)
+        nodes.append(helper.make_node("Reshape", [o, "hshape"], [f"{nm}.r"]))
+        perm = [1, 2, 0] if nm == "k" else [1, 0, 2]
+        nodes.append(helper.make_node("Transpose", [f"{nm}.r"], [f"{nm}.t"], perm=perm))
+        qkv.append(f"{nm}.t")
+    nodes.append(helper.make_node("MatMul", [qkv[0], qkv[1]], ["scores"], name="attn/qk/MatMul"))
+    nodes.append(helper.make_node("Mul", ["scores", "att_scale"], ["scores_s"]))
+    nodes.append(helper.make_node("Softmax", ["scores_s"], ["probs"], axis=-1))
+    nodes.append(helper.make_node("MatMul", ["probs", qkv[2]], ["ctx"], name="attn/pv/MatMul"))
+    nodes.append(helper.make_node("Transpose", ["ctx"], ["ctx.t"], perm=[1, 0, 2]))
+    nodes.append(helper.make_node("Reshape", ["ctx.t", "dshape"], ["ctx.r"]))
+    o = lin("attn.o", "ctx.r", d, d)
+    nodes.append(helper.make_node("Add", ["x", o], ["h0"]))
+    cur = "h0"
+    for i in range(blocks):
+        a = lin(f"mlp{i}.up", cur, d, h)
+        nodes.append(helper.make_node("Relu", [a], [f"mlp{i}.act"]))
+        b = lin(f"mlp{i}.down", f"mlp{i}.act", h, d)
+        nodes.append(helper.make_node("Add", [cur, b], [f"h{i + 1}"]))
+        cur = f"h{i + 1}"
+    nodes.append(helper.make_node("Identity", [cur], ["y"]))
+    m = _model(nodes, inits, {"x": [tokens, d]}, [tokens, d])
+    feeds = {"x": rng.standard_normal((tokens, d)).astype(np.float32)}
+    return _partitioned(m), feeds
+
+
+def small_convnet(c: int = 64, size: int = 56, seed: int = 0):
+    """pixels[1,3,size,size] -> Conv3x3 s1 (3->c), Relu, Conv3x3 (c->c), Relu, depthwise 3x3, Relu,
+    Conv1x1 (c->2c), Relu, GlobalAveragePool, Flatten, Gemm (2c->10); partitioned ir.Model and feeds."""
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+
+    def conv(name, x, cin, cout, k, group=1):
+        w = (rng.standard_normal((cout, cin // group, k, k)) * np.sqrt(2.0 / (cin // group * k * k))).astype(np.float32)
+        inits.extend([numpy_helper.from_array(w, f"{name}.w"),
+                      numpy_helper.from_array((rng.standard_normal(cout) * 0.1).astype(np.float32), f"{name}.b")])
+        nodes.append(helper.make_node("Conv", [x, f"{name}.w", f"{name}.b"], [f"{name}.out"], name=f"{name}/Conv",
+                                      pads=[k // 2] * 4, group=group))
+        nodes.append(helper.make_node("Relu", [f"{name}.out"], [f"{name}.act"]))
+        return f"{name}.act"
+
+    x = conv("stem", "x", 3, c, 3)
+    x = conv("conv1", x, c, c, 3)
+    x = conv("dw", x, c, c, 3, group=c)
+    x = conv("pw", x, c, 2 * c, 1)
+    nodes.append(helper.make_node("GlobalAveragePool", [x], ["gap"]))
+    nodes.append(helper.make_node("Flatten", ["gap"], ["flat"]))
+    inits.extend([numpy_helper.from_array((rng.standard_normal((10, 2 * c)) * 0.1).astype(np.float32), "fc.w"),
+                  numpy_helper.from_array(np.zeros(10, np.float32), "fc.b")])
+    nodes.append(helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["y"], name="fc/Gemm", transB=1))
+    m = _model(nodes, inits, {"x": [1, 3, size, size]}, [1, 10])
+    feeds = {"x": rng.standard_normal((1, 3, size, size)).astype(np.float32)}
+    return _partitioned(m), feeds
+
+
+def _partitioned(proto) -> ir.Model:
+    from onnx_amp.passes.partition import PartitionPass
+
+    model = ir.from_proto(proto)
+    PartitionPass()(model)
+    return model
+
+
+def annotate_amax(model: ir.Model, feeds: dict[str, np.ndarray]) -> int:
+    """``onnx_amp.amax.a/.b/.y/.w`` of every layer from one FP32 run (ORT) on ``feeds``: a stand-in for
+    calibration on hand-built models. In place; returns layers annotated."""
+    from onnx_amp.core import annotations as A
+    from onnx_amp.runtime.ort_session import make_session, run
+    from onnx_amp.runtime.profile import annotate_amax_from_run
+
+    m = model.clone()
+    known = {v.name for v in m.graph.outputs} | set(feeds)
+    for n in [n for n in m.graph if A.LAYER in n.metadata_props]:
+        for v in list(n.inputs[:2]) + [n.outputs[0]]:
+            if v is not None and v.name not in known and v.const_value is None and v.producer() is not None:
+                m.graph.outputs.append(v)
+                known.add(v.name)
+    values = dict(feeds)
+    values.update(run(make_session(m, optimize=False), feeds))
+    return annotate_amax_from_run(model, values, overwrite=True)
+
+
+def lowered(model: ir.Model, w: str, a: str, lowering: dict) -> ir.Model:
+    from onnx_amp.passes.plan import ApplyPlanPass, uniform_plan
+    from onnx_amp.passes.rewrite import rewrite
+
+    m = model.clone()
+    ApplyPlanPass(uniform_plan(m, w, a))(m)
+    out, _ = rewrite(m, "emulate", **lowering)
+    return out
+
+
+def _with_plan(model: ir.Model, w: str, a: str) -> ir.Model:
+    from onnx_amp.passes.plan import ApplyPlanPass, uniform_plan
+
+    m = model.clone()
+    ApplyPlanPass(uniform_plan(m, w, a))(m)
+    return m
