@@ -96,12 +96,16 @@ class Problem:
         high: Assignment,
         target: str = "unknown",
         unit_order: Sequence[str] | None = None,
+        fixed_high: Iterable[str] = (),
     ) -> "Problem":
         """``regions``: dicts ``{"id", "units", "configs": [{"assign": {u: (w, a)}, "time_gain_s"|"gains": ..}]}``.
 
         D of each configuration = sum over its units of ``unit_loss(unit, (w, a))`` (plug in
-        ``passes.lossmodel.predicted_mse`` through :func:`unit_loss_from_stats`).
+        ``passes.lossmodel.predicted_mse`` through :func:`unit_loss_from_stats`). Units in
+        ``fixed_high`` (no calibration figures) keep the high assignment: configurations lowering
+        them are left out, and their loss counts as 0 (the same in every plan).
         """
+        fixed = set(fixed_high)
         cache: dict[tuple[str, Assignment], float] = {}
 
         def ul(u: str, a: Assignment) -> float:
@@ -116,11 +120,13 @@ class Problem:
             configs = []
             for c in r["configs"]:
                 assign = {u: tuple(c["assign"].get(u, high)) for u in units}
+                if any(assign[u] != tuple(high) for u in units if u in fixed):
+                    continue
                 gains = dict(c.get("gains", {}))
                 for m, key in METRICS.items():
                     if key in c and c[key] is not None:
                         gains[m] = float(c[key])
-                configs.append(Config(assign, gains, sum(ul(u, assign[u]) for u in units)))
+                configs.append(Config(assign, gains, sum(ul(u, assign[u]) for u in units if u not in fixed)))
             out.append(Region(str(r["id"]), units, configs))
         return cls(out, tuple(high), target, list(unit_order) if unit_order else [])
 
@@ -272,7 +278,8 @@ def problem_from_model(model, unit_loss: Callable[[str, Assignment], float] | No
     rows = []
     order_ids = [r["id"] for r in regions["regions"]]
     table = gains["regions"]
-    missing = [rid for rid in order_ids if rid not in table and any(True for _ in (regions["regions"][order_ids.index(rid)].get("units") or {}))]
+    units_of = {r["id"]: r.get("units") or {} for r in regions["regions"]}
+    missing = [rid for rid in order_ids if rid not in table and units_of[rid]]
     if missing:
         raise OnnxAmpError(
             f"onnx_amp.gains has no table for region(s) {', '.join(missing[:5])}; re-run `onnx-amp profile` on this partition"
@@ -285,4 +292,10 @@ def problem_from_model(model, unit_loss: Callable[[str, Assignment], float] | No
     unit_order = sorted(unit_layers, key=lambda u: (min((lnum(l) for l in unit_layers[u]), default=1 << 30), u))
     in_tables = {u for r in rows for u in r["units"]}
     unit_order = [u for u in unit_order if u in in_tables]
-    return Problem.from_tables(rows, unit_loss, tuple(gains["high"]), gains.get("target", "unknown"), unit_order)
+    # units with a layer calibration could not measure stay high (runtime.calibrate: unmatched layers)
+    from onnx_amp.core import annotations as A
+
+    uncalibrated = {u["layer"] for u in (A.get_json(model, A.CALIBRATION) or {}).get("unmatched", [])}
+    fixed = {u for u, ls in unit_layers.items() if uncalibrated & set(ls)}
+    return Problem.from_tables(rows, unit_loss, tuple(gains["high"]), gains.get("target", "unknown"), unit_order,
+                               fixed_high=fixed)

@@ -13,7 +13,11 @@ so every annotated layer (``onnx_amp.layer``) maps to its torch operation by nod
   output channel), and of the layer output Y (``amax_y``).
 
 Batches whose loss is NaN/Inf raise ``OnnxAmpError`` naming the batch. Layers that cannot be
-matched or measured are listed in ``CalibrationResult.unmatched`` (and in the model summary).
+matched or measured are listed in ``CalibrationResult.unmatched`` (and in the model summary); the
+solver keeps them in high precision. An op the interpreter cannot run does not stop calibration:
+it runs opaquely (``TorchGraph(fallback=True)``: forward only, no gradient through it), it is
+listed in ``CalibrationResult.opaque``, and the layers upstream of it, whose sensitivities would be
+incomplete, are listed as unmatched.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class CalibrationResult:
     layers: dict[str, LayerStats]
     unmatched: list[dict[str, str]] = field(default_factory=list)  # [{"layer","node","reason"}]
     no_gradient: list[str] = field(default_factory=list)  # matched layers whose gradient is 0 (off the loss path)
+    opaque: list[str] = field(default_factory=list)  # nodes run without gradient (the interpreter lacks their op)
     samples: int = 0
     batches: int = 0
     loss: dict[str, Any] = field(default_factory=dict)
@@ -55,6 +60,7 @@ class CalibrationResult:
             "version": 1, "samples": self.samples, "batches": self.batches, "loss": self.loss,
             "mean_loss": self.mean_loss, "seconds": round(self.seconds, 3), "data": self.source,
             "layers": len(self.layers), "unmatched": self.unmatched, "no_gradient": self.no_gradient,
+            "opaque_nodes": self.opaque,
         }
 
 
@@ -91,7 +97,8 @@ def _per_sample(t: torch.Tensor, B: int) -> torch.Tensor:
     return t.reshape(B, -1)
 
 
-def _layer_fn(node: ir.Node, w_index: int, inputs: dict[int, torch.Tensor]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def _layer_fn(node: ir.Node, w_index: int,
+              inputs: dict[int, torch.Tensor]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """f(a_sample, w) -> y_sample for one sample (leading axis kept, size 1)."""
     from onnx_amp.runtime.torch_graph import OPS
 
@@ -255,7 +262,7 @@ def calibrate(model: ir.Model, data: Any, loss: Any = None, batch_size: int = 8,
     t0 = time.perf_counter()
     ensure_partitioned(model)
     cdata: CalibrationData = load_calibration_data(data, model, tokenizer=tokenizer, seq_len=seq_len, max_samples=max_samples)
-    tg = torch_graph or TorchGraph(model)
+    tg = torch_graph or TorchGraph(model, fallback=True)
     graph_nodes = {n.name: n for n in tg.nodes}
     accs: dict[str, _Acc] = {}
     unmatched: list[dict[str, str]] = []
@@ -294,7 +301,8 @@ def calibrate(model: ir.Model, data: Any, loss: Any = None, batch_size: int = 8,
                 bad = [i for i in range(B) if not math.isfinite(float(L[i].detach()))]
                 raise OnnxAmpError(
                     f"calibration batch {bi} (samples {n_seen}..{n_seen + B - 1}): loss is NaN/Inf for sample(s) "
-                    f"{[n_seen + i for i in bad][:8]}; check the data (e.g. padding-only rows, out-of-vocabulary ids) and the model"
+                    f"{[n_seen + i for i in bad][:8]}; check the data (e.g. padding-only rows, out-of-vocabulary ids) "
+                    "and the model"
                 )
             if not L.requires_grad:
                 raise OnnxAmpError("the loss does not depend on any layer of the model (no gradient); check output_name/loss")
@@ -308,6 +316,11 @@ def calibrate(model: ir.Model, data: Any, loss: Any = None, batch_size: int = 8,
     bar.close()
     if n_seen == 0:
         raise OnnxAmpError("calibration data yielded no samples")
+    upstream = {n.name for n in tg.layers_upstream_of_opaque()} if getattr(tg, "opaque_nodes", None) else set()
+    for a in accs.values():
+        if a.node.name in upstream and not a.error:
+            a.error = (f"its gradient passes through node(s) {', '.join(tg.opaque_nodes[:3])} that the interpreter "
+                       "runs without gradient; kept in high precision")
     layers: dict[str, LayerStats] = {}
     no_grad: list[str] = []
     for lid, a in accs.items():
@@ -331,7 +344,7 @@ def calibrate(model: ir.Model, data: Any, loss: Any = None, batch_size: int = 8,
     return CalibrationResult(
         layers=layers, unmatched=unmatched, no_gradient=no_grad, samples=n_seen, batches=n_batches,
         loss=spec.to_json() if spec else {}, mean_loss=loss_sum / n_seen, seconds=time.perf_counter() - t0,
-        source=cdata.source,
+        source=cdata.source, opaque=list(getattr(tg, "opaque_nodes", [])),
     )
 
 
@@ -352,7 +365,7 @@ def measure_format_errors(model: ir.Model, data: Any, result: CalibrationResult,
 
     fmts = list(formats)
     cdata = load_calibration_data(data, model, max_samples=max_samples)
-    tg = torch_graph or TorchGraph(model)
+    tg = torch_graph or TorchGraph(model, fallback=True)
     by_node = {st.node: st for st in result.layers.values()}
     sums: dict[str, dict[str, dict[str, float]]] = {lid: {} for lid in result.layers}
     wq_cache: dict[tuple[str, str], torch.Tensor] = {}

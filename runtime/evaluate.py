@@ -15,6 +15,7 @@ kernels of CPUs without VNNI (see ``ort_session.make_session``).
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import Any, Callable
 
@@ -22,15 +23,36 @@ import numpy as np
 import onnx_ir as ir
 
 from onnx_amp.core.errors import OnnxAmpError
-
 from onnx_amp.passes.strategies import get_strategy, measured_strategies
 
 #: strategies that need measured quantities from a :class:`PlanEvaluator` (from the strategy registry)
 MEASURED_STRATEGIES = measured_strategies()
 
 
+def _dense_metric(ref_out: list, plan_out: list) -> dict:
+    """Dense outputs (maps, embeddings, boxes): IoU of the maps thresholded at 0.5 when the reference
+    lies in [0, 1] (probability maps), else the mean cosine similarity to the reference; both 1.0
+    for the reference itself. The signal-to-quantization-noise ratio comes along as ``sqnr_db``."""
+    import torch
+
+    r = torch.cat([o.reshape(o.shape[0], -1).double() for o in ref_out])
+    p = torch.cat([o.reshape(o.shape[0], -1).double() for o in plan_out])
+    noise = float(((p - r) ** 2).sum())
+    sqnr = float("inf") if noise == 0 else 10 * math.log10(max(float((r ** 2).sum()), 1e-300) / noise)
+    if float(r.min()) >= 0 and float(r.max()) <= 1:
+        rb, pb = r > 0.5, p > 0.5
+        inter, union = (rb & pb).sum(1).double(), (rb | pb).sum(1).double()
+        iou = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+        return {"name": "IoU of the 0.5-thresholded output with high precision", "before": 1.0,
+                "after": float(iou.mean()), "higher_is_better": True, "sqnr_db": sqnr}
+    cos = torch.nn.functional.cosine_similarity(p, r, dim=1, eps=1e-12)
+    return {"name": "cosine similarity of the output to high precision", "before": 1.0, "after": float(cos.mean()),
+            "higher_is_better": True, "sqnr_db": sqnr}
+
+
 def task_metric(spec, ref_out: list, plan_out: list, ref_losses: list, plan_losses: list, batches: list[dict]) -> dict:
-    """perplexity (causal LM), accuracy (labels), or top-1 agreement with the high-precision model."""
+    """perplexity (causal LM), accuracy (labels), top-1 agreement with the high-precision model
+    (unlabeled classification), or for dense outputs IoU / cosine similarity (:func:`_dense_metric`)."""
     import torch
 
     lr = torch.cat(ref_losses).double()
@@ -38,9 +60,11 @@ def task_metric(spec, ref_out: list, plan_out: list, ref_losses: list, plan_loss
     if spec.name == "causal_lm":
         return {"name": "perplexity", "before": float(torch.exp(lr.mean())), "after": float(torch.exp(lp.mean())),
                 "higher_is_better": False}
+    if spec.name != "classification":
+        return _dense_metric(ref_out, plan_out)
     pr = torch.cat([o.reshape(o.shape[0], -1).argmax(-1) for o in ref_out])
     pp = torch.cat([o.reshape(o.shape[0], -1).argmax(-1) for o in plan_out])
-    if all("labels" in b for b in batches) and spec.name == "classification":
+    if all("labels" in b for b in batches):
         lab = torch.cat([torch.as_tensor(np.asarray(b["labels"])).reshape(-1) for b in batches])
         return {"name": "accuracy", "before": float((pr == lab).double().mean()),
                 "after": float((pp == lab).double().mean()), "higher_is_better": True}

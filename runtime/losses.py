@@ -5,15 +5,25 @@
 - :func:`classification_loss`: cross-entropy against ``labels``, or, unlabeled, against the
   full-precision model's own prediction (its argmax; pass ``reference_logits`` to use another
   model's, e.g. the fp32 model's when scoring a quantized one).
+- :func:`output_mse_loss`: for outputs that are neither class scores nor LM logits (dense maps,
+  embeddings, boxes): ``L_n = <u_n, y_n> / sqrt(numel)`` with a fixed seeded Gaussian direction
+  ``u_n`` per sample. Its first-order loss MSE is, in expectation over ``u``, the per-element
+  squared error of the output, ``E ||dy_n||^2 / numel``: a distance to the full-precision output
+  that the Taylor model can predict (a squared distance itself has zero gradient at the reference).
+- Outputs that are already probabilities (a final ``Softmax``) or log-probabilities
+  (``LogSoftmax``) are detected: cross-entropy then reads ``log p`` directly instead of applying a
+  second softmax, which would silently compress every loss.
 - :func:`resolve_loss`: ``None``/``"auto"`` (detect from the model's output and inputs),
-  ``"causal_lm"``, ``"classification"``, or a user callable ``fn(output, batch) -> [B]`` where
-  ``output`` is the chosen graph output tensor and ``batch`` the dict of torch inputs (+ ``labels``).
+  ``"causal_lm"``, ``"classification"``, ``"output_mse"``, ``"module:function"`` (a function
+  importable by that name), or a user callable ``fn(output, batch) -> [B]`` where ``output`` is the
+  chosen graph output tensor and ``batch`` the dict of torch inputs (+ ``labels``).
 
 A resolved loss is a :class:`LossSpec`: ``spec(outputs: dict, batch: dict) -> Tensor[B]``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -23,10 +33,22 @@ import torch.nn.functional as F
 
 from onnx_amp.core.errors import OnnxAmpError
 
-TASKS = ("causal_lm", "classification")
+TASKS = ("causal_lm", "classification", "output_mse")
+#: what a graph output holds
+OUTPUT_KINDS = ("logits", "probs", "log_probs")
 
 
-def causal_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+def log_probs(x: torch.Tensor, kind: str = "logits") -> torch.Tensor:
+    """Log-probabilities over the last axis from logits, probabilities or log-probabilities."""
+    if kind == "logits":
+        return F.log_softmax(x.float(), dim=-1)
+    if kind == "probs":
+        return torch.log(x.float().clamp_min(1e-30))
+    return x.float()
+
+
+def causal_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                   kind: str = "logits") -> torch.Tensor:
     """Next-token CE per sample: ``mean_t CE(logits[:, t], input_ids[:, t+1])`` -> ``[B]``."""
     if logits.dim() != 3 or input_ids.dim() != 2 or logits.shape[:2] != input_ids.shape:
         raise OnnxAmpError(
@@ -34,9 +56,9 @@ def causal_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask
         )
     if logits.shape[1] < 2:
         raise OnnxAmpError("causal LM loss needs sequences of at least 2 tokens")
-    lg = logits[:, :-1].float()
+    lp = log_probs(logits[:, :-1], kind)
     tgt = input_ids[:, 1:].long()
-    ce = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), tgt.reshape(-1), reduction="none").view(tgt.shape)
+    ce = F.nll_loss(lp.reshape(-1, lp.shape[-1]), tgt.reshape(-1), reduction="none").view(tgt.shape)
     if attention_mask is None:
         return ce.mean(1)
     m = attention_mask[:, 1:].to(ce.dtype)
@@ -44,7 +66,7 @@ def causal_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor | None = None,
-                        reference_logits: torch.Tensor | None = None) -> torch.Tensor:
+                        reference_logits: torch.Tensor | None = None, kind: str = "logits") -> torch.Tensor:
     """CE per sample against ``labels``; unlabeled: against argmax of ``reference_logits`` (default: ``logits``)."""
     if logits.dim() != 2:
         raise OnnxAmpError(f"classification loss needs logits [B,C]; got {tuple(logits.shape)}")
@@ -56,16 +78,34 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor | None = None
         raise OnnxAmpError(f"labels have {labels.shape[0]} entries for a batch of {logits.shape[0]}")
     if int(labels.max()) >= logits.shape[1] or int(labels.min()) < 0:
         raise OnnxAmpError(f"labels must lie in [0, {logits.shape[1]}) for logits with {logits.shape[1]} classes")
-    return F.cross_entropy(logits.float(), labels, reduction="none")
+    return F.nll_loss(log_probs(logits, kind), labels, reduction="none")
+
+
+def projection(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+    """The fixed Gaussian directions of :func:`output_mse_loss` for outputs of ``shape`` (batch first):
+    one per sample position, the same on every call (so reference and plan see the same ones)."""
+    g = torch.Generator().manual_seed(seed + 7919 * len(shape))
+    return torch.randn(tuple(shape), generator=g, dtype=torch.float32)
+
+
+def output_mse_loss(output: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """``L_n = <u_n, y_n> / sqrt(numel(y_n))`` per sample (see the module doc) -> ``[B]``."""
+    y = output.float()
+    if y.dim() == 0:
+        raise OnnxAmpError("output_mse loss needs an output with a batch axis")
+    flat = y.reshape(y.shape[0], -1)
+    u = projection(tuple(flat.shape), seed)
+    return (flat * u).sum(1) / math.sqrt(max(flat.shape[1], 1))
 
 
 @dataclass
 class LossSpec:
     """A per-sample loss bound to one graph output."""
 
-    name: str  # "causal_lm" | "classification" | "custom:<fn name>"
+    name: str  # "causal_lm" | "classification" | "output_mse" | "custom:<fn name>"
     output: str  # graph output the loss reads
     fn: Callable[[torch.Tensor, dict[str, Any]], torch.Tensor]
+    kind: str = "logits"  # what the output holds: logits, probs or log_probs
 
     def __call__(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
         if self.output not in outputs:
@@ -79,15 +119,49 @@ class LossSpec:
         return out
 
     def to_json(self) -> dict:
-        return {"name": self.name, "output": self.output}
+        return {"name": self.name, "output": self.output, "kind": self.kind}
 
 
-def _causal(output, batch):
-    return causal_lm_loss(output, batch["input_ids"], batch.get("attention_mask"))
+def _task_fn(task: str, kind: str) -> Callable[[torch.Tensor, dict[str, Any]], torch.Tensor]:
+    if task == "causal_lm":
+        return lambda output, batch: causal_lm_loss(output, batch["input_ids"], batch.get("attention_mask"), kind)
+    if task == "classification":
+        return lambda output, batch: classification_loss(output, batch.get("labels"), batch.get("reference_logits"),
+                                                         kind)
+    return lambda output, batch: output_mse_loss(output)
 
 
-def _classif(output, batch):
-    return classification_loss(output, batch.get("labels"), batch.get("reference_logits"))
+def output_kind(model: ir.Model, output_name: str, sample: torch.Tensor | None = None) -> str:
+    """``probs`` when the output comes out of a Softmax (or, sampled, is non-negative and sums to 1
+    over the last axis), ``log_probs`` after a LogSoftmax, else ``logits``."""
+    v = next((o for o in model.graph.outputs if o.name == output_name), None)
+    node = v.producer() if v is not None else None
+    while node is not None and node.op_type in ("Identity", "Reshape", "Squeeze", "Flatten", "Cast"):
+        node = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
+    if node is not None and node.op_type == "Softmax":
+        return "probs"
+    if node is not None and node.op_type == "LogSoftmax":
+        return "log_probs"
+    if sample is not None and sample.is_floating_point() and sample.dim() >= 2 and sample.numel():
+        s = sample.detach().float()
+        if float(s.min()) >= 0 and torch.allclose(s.sum(-1), torch.ones(()), atol=1e-3):
+            return "probs"
+    return "logits"
+
+
+def _load_callable(spec: str):
+    import importlib
+
+    mod, _, fn = spec.partition(":")
+    try:
+        m = importlib.import_module(mod)
+    except Exception as e:  # noqa: BLE001
+        raise OnnxAmpError(f"--loss {spec}: cannot import module {mod!r} ({type(e).__name__}: {e})") from None
+    f = getattr(m, fn, None)
+    if not callable(f):
+        raise OnnxAmpError(f"--loss {spec}: module {mod!r} has no function {fn!r}; give module:function with "
+                           "fn(output, batch) -> per-sample loss [B]")
+    return f
 
 
 def _float_outputs(model: ir.Model) -> list[ir.Value]:
@@ -104,7 +178,8 @@ def detect_task(model: ir.Model, output_name: str | None = None,
     if output_name is not None:
         cands = [v for v in model.graph.outputs if v.name == output_name]
         if not cands:
-            raise OnnxAmpError(f"--loss_output {output_name!r} is not a graph output; outputs: {[v.name for v in model.graph.outputs]}")
+            raise OnnxAmpError(f"--loss_output {output_name!r} is not a graph output; "
+                               f"outputs: {[v.name for v in model.graph.outputs]}")
     cands = sorted(cands, key=lambda v: v.name != "logits")
 
     def rank(v):
@@ -126,6 +201,10 @@ def detect_task(model: ir.Model, output_name: str | None = None,
                 return "causal_lm", v.name
         if r == 2:
             return "classification", v.name
+    # neither class scores nor LM logits (dense maps, embeddings, boxes): distance to the
+    # full-precision output, on the first float output (or the one asked for)
+    if cands and rank(cands[0]) is not None and rank(cands[0]) >= 1:
+        return "output_mse", cands[0].name
     raise OnnxAmpError(
         "cannot tell the model's task from its outputs "
         f"{[(v.name, None if v.shape is None else str(v.shape)) for v in model.graph.outputs]}; "
@@ -137,6 +216,8 @@ def resolve_loss(loss: str | Callable | LossSpec | None, model: ir.Model, output
                  sample_outputs: dict[str, torch.Tensor] | None = None) -> LossSpec:
     if isinstance(loss, LossSpec):
         return loss
+    if isinstance(loss, str) and ":" in loss:
+        loss = _load_callable(loss)
     if callable(loss):
         out = output_name
         if out is None:
@@ -151,5 +232,10 @@ def resolve_loss(loss: str | Callable | LossSpec | None, model: ir.Model, output
         task = loss
         out = output_name or detect_task(model, None, sample_outputs)[1]
     else:
-        raise OnnxAmpError(f"unknown loss {loss!r}; use 'auto', 'causal_lm', 'classification' or a callable(output, batch) -> [B]")
-    return LossSpec(task, out, _causal if task == "causal_lm" else _classif)
+        raise OnnxAmpError(f"unknown loss {loss!r}; use auto, {', '.join(TASKS)}, module:function, or a "
+                           "callable(output, batch) -> [B]")
+    kind = "logits"
+    if task != "output_mse":
+        sample = (sample_outputs or {}).get(out)
+        kind = output_kind(model, out, sample)
+    return LossSpec(task, out, _task_fn(task, kind), kind)
