@@ -10,6 +10,40 @@ from onnx_amp.core.ops import NONDETERMINISTIC_OPS, SHAPE_OPS
 from onnx_amp.passes.partition_data import Partition, _has_subgraph, _node_inputs
 
 
+def _is_const_value(v: ir.Value, memo: dict) -> bool:
+    """Computed only from initializers and Constant nodes (deterministic ops, no shape reads)."""
+    if v in memo:
+        return memo[v]
+    prod = v.producer()
+    if prod is None:
+        res = v.is_initializer() or v.const_value is not None
+    elif prod.op_type in SHAPE_OPS or prod.op_type in NONDETERMINISTIC_OPS or _has_subgraph(prod):
+        res = False
+    elif prod.op_type == "Constant":
+        res = True
+    else:
+        ins = [x for x in prod.inputs if x is not None]
+        res = bool(ins) and all(_is_const_value(x, memo) for x in ins)
+    memo[v] = res
+    return res
+
+
+def _constant_chains(rnodes: list[ir.Node], inside: set, graph: ir.Graph) -> set[ir.Node]:
+    """The nodes outside the region that compute constants it reads (Constant nodes, Transpose(W) ...)."""
+    extra: set[ir.Node] = set()
+    memo: dict[ir.Value, bool] = {}
+    stack = [v for n in rnodes for v in _node_inputs(n, graph)]
+    while stack:
+        v = stack.pop()
+        prod = v.producer()
+        if prod is None or prod in inside or prod in extra:
+            continue
+        if _is_const_value(v, memo):
+            extra.add(prod)
+            stack.extend(x for x in prod.inputs if x is not None)
+    return extra
+
+
 def extract_region(model: ir.Model, region_id: str, part: Partition | None = None) -> ir.Model:
     """A standalone model of one region.
 
@@ -26,40 +60,8 @@ def extract_region(model: ir.Model, region_id: str, part: Partition | None = Non
     graph = model.graph
     rnodes = list(region.nodes)
     inside = set(rnodes)
-    produced: set[ir.Value] = set()
-    for n in rnodes:
-        produced.update(n.outputs)
-
-    # pull in constant chains from outside the region (Constant nodes, Transpose(W) ...)
     all_index = {n: i for i, n in enumerate(part.order)}
-    extra: set[ir.Node] = set()
-
-    def is_const_value(v: ir.Value, memo: dict) -> bool:
-        if v in memo:
-            return memo[v]
-        prod = v.producer()
-        if prod is None:
-            res = v.is_initializer() or v.const_value is not None
-        elif prod.op_type in SHAPE_OPS or prod.op_type in NONDETERMINISTIC_OPS or _has_subgraph(prod):
-            res = False
-        elif prod.op_type == "Constant":
-            res = True
-        else:
-            ins = [x for x in prod.inputs if x is not None]
-            res = bool(ins) and all(is_const_value(x, memo) for x in ins)
-        memo[v] = res
-        return res
-
-    memo: dict[ir.Value, bool] = {}
-    stack = [v for n in rnodes for v in _node_inputs(n, graph)]
-    while stack:
-        v = stack.pop()
-        prod = v.producer()
-        if prod is None or prod in inside or prod in extra:
-            continue
-        if is_const_value(v, memo):
-            extra.add(prod)
-            stack.extend(x for x in prod.inputs if x is not None)
+    extra = _constant_chains(rnodes, inside, graph)
     nodes_all = sorted(inside | extra, key=lambda n: all_index[n])
     produced = set()
     for n in nodes_all:

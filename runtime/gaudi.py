@@ -105,30 +105,7 @@ def _layers_from_plan(plan: Mapping, regions: Mapping) -> list[dict]:
     return out
 
 
-def build_gaudi_config(
-    model_or_plan: ir.Model | str | os.PathLike | Mapping,
-    regions: Mapping | None = None,
-    *,
-    mode: str = "QUANTIZE",
-    dump_stats_path: str = "./hqt_output/measure",
-    fp8_config: str | None = None,
-    hp_dtype: str = "bf16",
-    scale_method: str = "maxabs_hw",
-    observer: str = "maxabs",
-    allowlist_types: list[str] | None = None,
-    blocklist_types: list[str] | None = None,
-    attention_matmul_names: tuple[str, ...] = DEFAULT_ATTENTION_MATMULS,
-) -> GaudiInfo:
-    """Build the INC FP8 config and say what it decided.
-
-    ``model_or_plan``: an annotated ``ir.Model`` (layers carry ``onnx_amp.module`` and
-    ``onnx_amp.precision``, or the model carries ``onnx_amp.plan``), a path to such an ONNX file,
-    or a plan dict (``plan.json`` schema) together with ``regions`` (the ``onnx_amp.regions`` JSON,
-    whose ``layers`` entries carry ``module`` and ``unit``). Layers without an assignment are
-    kept high precision (the plan's rule: units not listed stay at the target's high default).
-    """
-    if mode not in ("QUANTIZE", "MEASURE"):
-        raise OnnxAmpError(f"gaudi config: mode must be QUANTIZE or MEASURE, not {mode!r}")
+def _gaudi_layers(model_or_plan, regions) -> list[dict]:
     if isinstance(model_or_plan, ir.Model):
         layers = _layers_from_model(model_or_plan)
     elif isinstance(model_or_plan, (str, os.PathLike)):
@@ -138,12 +115,16 @@ def build_gaudi_config(
             raise OnnxAmpError("gaudi config: a plan dict needs the regions summary (onnx_amp.regions) too")
         layers = _layers_from_plan(model_or_plan, regions)
     else:
-        raise OnnxAmpError(f"gaudi config: expected an ir.Model, ONNX path or plan dict, got {type(model_or_plan).__name__}")
+        raise OnnxAmpError(f"gaudi config: expected an ir.Model, ONNX path or plan dict, "
+                           f"got {type(model_or_plan).__name__}")
     if not layers:
         raise OnnxAmpError("gaudi config: the model has no annotated layers; run the partition pass first")
+    return layers
 
-    notes: list[str] = []
-    # per torch module: is every one of its layers FP8?
+
+def _module_status(layers: list[dict], attention_matmul_names: tuple[str, ...]):
+    """Per torch module (in order): whether every one of its layers is FP8; the FP8 kinds used;
+    layers without a module path; layers planned in INT8 (Gaudi has no INT8 lowering)."""
     status: dict[str, bool] = {}
     order: list[str] = []
     fp8_kinds: set[str] = set()
@@ -171,6 +152,36 @@ def build_gaudi_config(
             status[module] = is_fp8
         else:
             status[module] = status[module] and is_fp8  # any high layer keeps the module high
+    return order, status, fp8_kinds, unmapped, int8_layers
+
+
+def build_gaudi_config(
+    model_or_plan: ir.Model | str | os.PathLike | Mapping,
+    regions: Mapping | None = None,
+    *,
+    mode: str = "QUANTIZE",
+    dump_stats_path: str = "./hqt_output/measure",
+    fp8_config: str | None = None,
+    hp_dtype: str = "bf16",
+    scale_method: str = "maxabs_hw",
+    observer: str = "maxabs",
+    allowlist_types: list[str] | None = None,
+    blocklist_types: list[str] | None = None,
+    attention_matmul_names: tuple[str, ...] = DEFAULT_ATTENTION_MATMULS,
+) -> GaudiInfo:
+    """Build the INC FP8 config and say what it decided.
+
+    ``model_or_plan``: an annotated ``ir.Model`` (layers carry ``onnx_amp.module`` and
+    ``onnx_amp.precision``, or the model carries ``onnx_amp.plan``), a path to such an ONNX file,
+    or a plan dict (``plan.json`` schema) together with ``regions`` (the ``onnx_amp.regions`` JSON,
+    whose ``layers`` entries carry ``module`` and ``unit``). Layers without an assignment are
+    kept high precision (the plan's rule: units not listed stay at the target's high default).
+    """
+    if mode not in ("QUANTIZE", "MEASURE"):
+        raise OnnxAmpError(f"gaudi config: mode must be QUANTIZE or MEASURE, not {mode!r}")
+    layers = _gaudi_layers(model_or_plan, regions)
+    order, status, fp8_kinds, unmapped, int8_layers = _module_status(layers, attention_matmul_names)
+    notes: list[str] = []
     if int8_layers:
         notes.append(f"{len(int8_layers)} layer(s) planned in int8 ({', '.join(int8_layers[:6])}"
                      f"{' ...' if len(int8_layers) > 6 else ''}): Gaudi FP8 has no int8 lowering; kept in {hp_dtype}")
