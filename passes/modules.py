@@ -10,8 +10,8 @@ module get ``""``.
 Layers whose weight is an initializer named ``<module>.weight`` and whose scope names a sibling
 module instead take the weight's module: the exporter's optimizer folds ``BatchNorm`` into the
 preceding ``Conv`` and the fused node keeps the BatchNorm's scope (``_blocks.0._bn1``), while the
-layer is the convolution (``_blocks.0._depthwise_conv``). Nodes without ``name_scopes`` (graphs from other exporters, nodes added by
-optimizers) are left unannotated.
+layer is the convolution (``_blocks.0._depthwise_conv``). Nodes without ``name_scopes`` (graphs
+from other exporters, nodes added by optimizers) are left unannotated.
 """
 
 from __future__ import annotations

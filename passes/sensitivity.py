@@ -48,7 +48,8 @@ class AnnotateSensitivityPass(AnnotationPass):
         for lid, st in res.layers.items():
             node = by_layer[lid]
             if st.node and node.name != st.node:
-                raise OnnxAmpError(f"AnnotateSensitivityPass: layer {lid} is node {node.name!r} here but {st.node!r} in the result")
+                raise OnnxAmpError(f"AnnotateSensitivityPass: layer {lid} is node {node.name!r} here but {st.node!r} "
+                                   "in the result")
             A.set_float(node, A.SENS_A, st.s_a)
             A.set_float(node, A.GSQ_A, st.gsq_a)
             A.set_float(node, A.AMAX_A, st.amax_a)
