@@ -68,3 +68,15 @@ def photo_data():
     from onnx_amp.runtime.subjects import photo_batch
 
     return photo_batch(8, "calib", seed=0, labels=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_models():
+    """The small torch models of ``tests/tiny_models.py``, loaded without putting ``tests/`` on ``sys.path``."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("onnx_amp_tests_tiny_models", Path(__file__).with_name("tiny_models.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

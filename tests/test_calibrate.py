@@ -46,7 +46,7 @@ def _explicit(model, feeds, loss_fn, n_samples):
     for n in range(n_samples):
         leaves = {}
 
-        def hook(node, j, t):
+        def hook(node, j, t, leaves=leaves):
             x = t.view_as(t) if t.requires_grad else t.detach().requires_grad_(True)
             leaves[(node.name, j)] = x
             return x
@@ -118,7 +118,7 @@ def test_sensitivity_predicts_injected_noise(para, para_feeds, para_result):
         node = layers[lid].node
         acc = 0.0
         for _ in range(draws):
-            def hook(n, jj, t):
+            def hook(n, jj, t, node=node, j=j):
                 if n.name == node and jj == j:
                     return t * (1 + sigma * torch.randn(t.shape, generator=gen))
                 return t

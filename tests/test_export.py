@@ -65,15 +65,8 @@ def test_module_function_export_annotates_every_module_node(tmp_path):
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_annotate_pass_runs_on_in_memory_program():
+def test_annotate_pass_runs_on_in_memory_program(tiny_models):
     """The pass works on the ir.Model that torch.onnx.export returns, before saving."""
-    import sys
-
-    sys.path.insert(0, str(HERE))
-    try:
-        import tiny_models
-    finally:
-        sys.path.remove(str(HERE))
     module, ex = tiny_models.tiny_mlp()
     prog = torch.onnx.export(module, ex, dynamo=True, opset_version=21)
     model = prog.model

@@ -1,10 +1,11 @@
 """Gaudi export: the INC FP8 config optimum-habana reads.
 
 Validation method: Intel Neural Compressor (``neural-compressor==3.10``, installed ``--no-deps`` by
-``tools/install.sh``; or the interpreter named by ``ONNX_AMP_INC_PYTHON``) parses the written file is parsed by INC's own loaders (``FP8Config.from_json_file``
-and ``Fp8cfg.parse``, the parser ``prepare``/``convert`` use) and module names are run through
-INC's own matcher ``should_quantize``. INC refuses non-QDQ FP8 on a CPU device, so the parser check
-adds ``use_qdq: true`` to its in-memory copy (the file stays as Gaudi needs it). Without INC the
+``tools/install.sh``; or the interpreter named by ``ONNX_AMP_INC_PYTHON``) parses the written file
+with INC's own loaders (``FP8Config.from_json_file`` and ``Fp8cfg.parse``, the parser
+``prepare``/``convert`` use) and module names are run through INC's own matcher
+``should_quantize``. INC refuses non-QDQ FP8 on a CPU device, so the parser check adds
+``use_qdq: true`` to its in-memory copy (the file stays as Gaudi needs it). Without INC the
 INC-specific test is skipped with that reason and the documented schema checks still run.
 """
 
@@ -187,6 +188,7 @@ def test_inc_own_loader_parses_and_matches(tmp_path):
     bad = json.loads(out.read_text())
     bad["blocklist"]["names"] = ["model.layers.1."]
     (tmp_path / "bad.json").write_text(json.dumps(bad))
-    r = subprocess.run([py, "-c", INC_CHECK, str(tmp_path / "bad.json"), json.dumps(names)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run([py, "-c", INC_CHECK, str(tmp_path / "bad.json"), json.dumps(names)], capture_output=True,
+                       text=True, timeout=300)
     res = json.loads(r.stdout.split("RESULT", 1)[1])
     assert not res["quantize"]["model.layers.10.mlp.down_proj"]

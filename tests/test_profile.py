@@ -26,7 +26,7 @@ def test_structural_sharing_and_measured_table():
     assert res.n_sessions == 2 * 4  # 2 structures x 4 configurations (2 units, fp32/int8)
     shared = [rid for rid, tab in res.measured.items() if any(v["shared_with"] for v in tab.values())]
     assert len(shared) == 1
-    for rid, tab in res.measured.items():
+    for tab in res.measured.values():
         assert len(tab) == 4
         base = next(v for k, v in tab.items() if "int8" not in k)
         assert base["time_gain_s"] == 0 and base["time_s"] > 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import onnx_ir as ir
@@ -10,8 +9,18 @@ import torch
 
 from onnx_amp.passes import annotations as ann
 
-sys.path.insert(0, str(Path(__file__).parent))
-import tiny_models  # noqa: E402
+
+def _load(name: str):
+    """A helper module beside this file, without putting ``tests/`` on ``sys.path``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"onnx_amp_tests_{name}", Path(__file__).with_name(f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+tiny_models = _load("tiny_models")
 
 
 def _planned_model(tmp_path) -> ir.Model:

@@ -384,8 +384,9 @@ def minilm_eval(tmp_path_factory):
 
 @pytest.mark.slow
 def test_plan_evaluator_on_real_minilm(minilm_annotated, minilm_eval):
-    """PlanEvaluator against the FP32 model: the all-high (BF16) plan's small error, the same number as an independent ORT measurement for
-    a one-unit plan, cached, input model untouched; pareto-greedy orders units by measured loss per gain."""
+    """PlanEvaluator against the FP32 model: the all-high (BF16) plan's small error, the same number as an
+    independent ORT measurement for a one-unit plan, cached, input model untouched; pareto-greedy orders
+    units by measured loss per gain."""
     from onnx_amp.passes import annotations as A
     from onnx_amp.passes.plan import ApplyPlanPass, Plan
     from onnx_amp.passes.rewrite import rewrite
