@@ -9,8 +9,8 @@ For each subject (SmolLM2-135M, MiniLM-sentiment) and target (``cpu``: {FP32, IN
    measured loss MSE against the FP32 model and the task metric (perplexity / accuracy);
 3. at equal *measured* loss MSE (the budgets are the IP plans' measured MSEs), the best gain each
    strategy reaches with a plan under that budget (every other strategy also gets ``--refine_steps``
-   tau points bisected toward each budget, so a coarse grid does not favour the IP); the task metric of the plans chosen at the middle
-   budget; with ``--e2e`` (cpu) the end-to-end time of those plans measured by ORT;
+   tau points bisected toward each budget, so a coarse grid does not favour the IP); the task metric
+   of the plans chosen at the middle budget; with ``--e2e`` (cpu) the end-to-end time of those plans measured by ORT;
 4. ``results.md`` (tables), ``results.json`` and one Pareto PNG per subject/target; plan evaluations
    are kept in ``evals.*.json`` in ``--out`` and reused by a re-run with the same settings.
 
@@ -153,39 +153,66 @@ class PlanEvaluator:
 # --------------------------------------------------------------------------------------------
 
 
-def compare_one(subject: str, target: str, args, workdir: Path) -> dict:
-    from onnx_amp.passes.solve import measure_pairs, problem_from_model, solve, tau_grid
-    from onnx_amp.runtime.subjects import subject_batch
+def _pair_terms(prob, ev, args, subject, target):
+    """(pair terms or None, a note when skipped): ip-pairs' measured neighbour terms."""
+    from onnx_amp.passes.solve import measure_pairs
 
-    t_start = time.perf_counter()
-    seq_len = args.seq_len if subject == "smollm2" else args.max_len
-    model = prepare(subject, target, args.n_calib, seq_len, workdir, args.profile_repeats, args.roofline_batch,
-                       args.roofline_seq, args.loss_model, _low_formats(args.targets))
-    prob = problem_from_model(model)
-    kw = {"seq_len": seq_len} if subject == "smollm2" else {"max_len": seq_len}
-    ev = PlanEvaluator(subject, model, subject_batch(subject, args.n_eval, "eval", seed=1, **kw), target,
-                       cache_file=workdir / f"evals.{subject}.{target}.c{args.n_calib}.s{seq_len}.e{args.n_eval}.{args.loss_model}.json")
-    metric = "time"  # measured for cpu (profile), roofline for gaudi2 (gains falls back to tt)
-    log.info("%s/%s: %d regions, %d units; reference %s %.4f", subject, target, prob.n_regions,
-             len(prob.unit_order), ev.metric_name, ev.ref_metric)
-
-    solve_kw = {}
-    if args.measure_units:
-        solve_kw["measure_unit"] = ev.ev.unit_measure(prob)
-    pairs = None
-    strategies = list(args.strategies)
-    pairs_note = None
     if args.pairs == "auto" and len(prob.unit_order) > args.pairs_max_units:
-        pairs_note = (f"ip-pairs skipped: {len(prob.unit_order)} units > --pairs_max_units {args.pairs_max_units} "
-                      f"({len(prob.neighbour_pairs())} pair evaluations); --pairs on forces it")
-        log.info("%s/%s: %s", subject, target, pairs_note)
-    elif args.pairs != "off":
-        pairs = measure_pairs(prob, ev.ev.pair_measure(prob))
-        ev.save()
-        strategies.append("ip-pairs")
+        note = (f"ip-pairs skipped: {len(prob.unit_order)} units > --pairs_max_units {args.pairs_max_units} "
+                f"({len(prob.neighbour_pairs())} pair evaluations); --pairs on forces it")
+        log.info("%s/%s: %s", subject, target, note)
+        return None, note
+    if args.pairs == "off":
+        return None, None
+    pairs = measure_pairs(prob, ev.ev.pair_measure(prob))
+    ev.save()
+    return pairs, None
 
+
+def _refine_near_budgets(rows, strategies, budgets, point, args) -> None:
+    """Every strategy but the IP gets points near each budget: log-space bisection of its tau
+    between its last point under and its first point over the budget."""
+    for s in [x for x in strategies if x != "ip" and not x.startswith("uniform")]:
+        for b in budgets:
+            for _ in range(args.refine_steps):
+                pts = sorted((r["tau"], r["measured_mse"]) for r in rows if r["strategy"] == s)
+                under = [t for t, m in pts if m <= b * (1 + 1e-9)]
+                if not under:
+                    break
+                over = [t for t, m in pts if m > b * (1 + 1e-9) and t > max(under)]
+                if not over or min(over) / max(under) < 1.02:
+                    break
+                point(s, math.sqrt(max(under) * min(over)), refined=True)
+
+
+def _bisection(prob, ev, args, metric):
+    if args.max_drop is None:
+        return None
+    from onnx_amp.passes.solve import bisect_tau
+
+    higher = ev.metric_name == "accuracy"
+    sol, hist = bisect_tau(prob, lambda plan: ev.evaluate(plan["units"])["metric"], args.max_drop,
+                           relative=not higher, higher_is_better=higher, baseline=ev.ref_metric,
+                           metric=metric, steps=args.bisect_steps)
+    return {"max_drop": args.max_drop, "relative": not higher, "tau": sol.tau, "gain": sol.gain,
+            "n_low": len(sol.plan["units"]), "metric": ev.evaluate(sol.plan["units"])["metric"],
+            "steps": [vars(h) for h in hist]}
+
+
+def _budgets(rows) -> list[float]:
+    """Equal measured loss MSE: the budgets are the measured MSEs of the IP's plans (at most 4)."""
+    ip_m = sorted({r["measured_mse"] for r in rows if r["strategy"] == "ip" and r["n_low"] > 0})
+    if len(ip_m) <= 4:
+        return ip_m
+    return [ip_m[i] for i in np.unique(np.linspace(0, len(ip_m) - 1, 4).round().astype(int))]
+
+
+def _sweep(prob, ev, strategies, pairs, args, metric, subject, target) -> list[dict]:
+    from onnx_amp.passes.solve import solve, tau_grid
+
+    solve_kw = {"measure_unit": ev.ev.unit_measure(prob)} if args.measure_units else {}
     taus = tau_grid(prob, args.n_tau)
-    rows = []
+    rows: list[dict] = []
 
     def point(s, t, refined=False):
         sol = solve(prob, t, s, metric, pairs=pairs if s == "ip-pairs" else None, samples=args.samples, **(
@@ -200,29 +227,33 @@ def compare_one(subject: str, target: str, args, workdir: Path) -> dict:
             point(s, t)
         log.info("%s/%s: %s done (%d ORT evaluations so far, %.0fs)", subject, target, s, ev.n_runs, ev.seconds)
     ev.save()
-
-    # equal measured loss MSE: budgets = measured MSE of the IP plans (distinct, > 0)
-    ip_m = sorted({r["measured_mse"] for r in rows if r["strategy"] == "ip" and r["n_low"] > 0})
-    budgets = ip_m if len(ip_m) <= 4 else [ip_m[i] for i in np.unique(np.linspace(0, len(ip_m) - 1, 4).round().astype(int))]
-    # the budgets are the IP's own points; give every other strategy points near each budget too
-    # (log-space bisection of its tau between its last point under and first point over the budget)
-    for s in [x for x in strategies if x != "ip" and not x.startswith("uniform")]:
-        for b in budgets:
-            for _ in range(args.refine_steps):
-                pts = sorted((r["tau"], r["measured_mse"]) for r in rows if r["strategy"] == s)
-                under = [t for t, m in pts if m <= b * (1 + 1e-9)]
-                if not under:
-                    break
-                over = [t for t, m in pts if m > b * (1 + 1e-9) and t > max(under)]
-                if not over or min(over) / max(under) < 1.02:
-                    break
-                point(s, math.sqrt(max(under) * min(over)), refined=True)
-        log.info("%s/%s: %s refined near the budgets (%d ORT evaluations so far)", subject, target, s, ev.n_runs)
+    _refine_near_budgets(rows, strategies, _budgets(rows), point, args)
     ev.save()
     hi = solve(prob, math.inf, "uniform-high", metric)
     rows.append({"strategy": "uniform-high", "tau": math.inf, "gain": hi.gain, "predicted_mse": hi.predicted_mse,
                  **ev.evaluate(hi.plan["units"]), "n_low": 0, "units": {}, "feasible": True})
+    return rows
 
+
+def compare_one(subject: str, target: str, args, workdir: Path) -> dict:
+    from onnx_amp.passes.solve import problem_from_model
+    from onnx_amp.runtime.subjects import subject_batch
+
+    t_start = time.perf_counter()
+    seq_len = args.seq_len if subject == "smollm2" else args.max_len
+    model = prepare(subject, target, args.n_calib, seq_len, workdir, args.profile_repeats, args.roofline_batch,
+                    args.roofline_seq, args.loss_model, _low_formats(args.targets))
+    prob = problem_from_model(model)
+    kw = {"seq_len": seq_len} if subject == "smollm2" else {"max_len": seq_len}
+    cache = workdir / f"evals.{subject}.{target}.c{args.n_calib}.s{seq_len}.e{args.n_eval}.{args.loss_model}.json"
+    ev = PlanEvaluator(subject, model, subject_batch(subject, args.n_eval, "eval", seed=1, **kw), target, cache_file=cache)
+    metric = "time"  # measured for cpu (profile), roofline for gaudi2 (gains falls back to tt)
+    log.info("%s/%s: %d regions, %d units; reference %s %.4f", subject, target, prob.n_regions,
+             len(prob.unit_order), ev.metric_name, ev.ref_metric)
+    pairs, pairs_note = _pair_terms(prob, ev, args, subject, target)
+    strategies = list(args.strategies) + (["ip-pairs"] if pairs is not None else [])
+    rows = _sweep(prob, ev, strategies, pairs, args, metric, subject, target)
+    budgets = _budgets(rows)
     names = list(dict.fromkeys(r["strategy"] for r in rows))
 
     def best_under(s, b):
@@ -232,28 +263,17 @@ def compare_one(subject: str, target: str, args, workdir: Path) -> dict:
     table = [{"budget": b, **{s: (best_under(s, b) or {}).get("gain") for s in names}} for b in budgets]
     mid = budgets[len(budgets) // 2] if budgets else None
     chosen = {s: best_under(s, mid) for s in names} if mid is not None else {}
-    e2e = {}
-    if args.e2e and target == "cpu" and chosen:
-        e2e = measure_e2e(model, chosen, seq_len, args)
-    bisection = None
-    if args.max_drop is not None:
-        from onnx_amp.passes.solve import bisect_tau
-
-        higher = ev.metric_name == "accuracy"
-        sol, hist = bisect_tau(prob, lambda plan: ev.evaluate(plan["units"])["metric"], args.max_drop,
-                               relative=not higher, higher_is_better=higher, baseline=ev.ref_metric,
-                               metric=metric, steps=args.bisect_steps)
-        bisection = {"max_drop": args.max_drop, "relative": not higher, "tau": sol.tau, "gain": sol.gain,
-                     "n_low": len(sol.plan["units"]), "metric": ev.evaluate(sol.plan["units"])["metric"],
-                     "steps": [vars(h) for h in hist]}
+    e2e = measure_e2e(model, chosen, seq_len, args) if args.e2e and target == "cpu" and chosen else {}
     out_png = workdir / f"pareto_{subject}_{target}.png"
     plot(rows, out_png, f"{subject} / {target} ({'measured' if target == 'cpu' else 'roofline'} time gain)",
          chosen.get("ip"), ev.metric_name)
-    return {"subject": subject, "target": target, "loss_model": args.loss_model, "metric_name": ev.metric_name, "reference_metric": ev.ref_metric,
-            "n_regions": prob.n_regions, "n_units": len(prob.unit_order), "all_low_predicted_mse": prob.all_low_mse(),
-            "rows": rows, "budgets": budgets, "table": table, "mid_budget": mid,
+    return {"subject": subject, "target": target, "loss_model": args.loss_model, "metric_name": ev.metric_name,
+            "reference_metric": ev.ref_metric, "n_regions": prob.n_regions, "n_units": len(prob.unit_order),
+            "all_low_predicted_mse": prob.all_low_mse(), "rows": rows, "budgets": budgets, "table": table,
+            "mid_budget": mid,
             "chosen": {s: ({k: v for k, v in r.items() if k != "units"} if r else None) for s, r in chosen.items()},
-            "e2e": e2e, "bisection": bisection, "png": out_png.name, "ort_evaluations": ev.n_runs, "seconds": time.perf_counter() - t_start,
+            "e2e": e2e, "bisection": _bisection(prob, ev, args, metric), "png": out_png.name,
+            "ort_evaluations": ev.n_runs, "seconds": time.perf_counter() - t_start,
             "pairs": {f"{a},{b}": v for (a, b), v in (pairs or {}).items()}, "pairs_note": pairs_note}
 
 
@@ -350,7 +370,8 @@ def markdown(results: list[dict]) -> str:
             lines += ["", f"Bisection over tau to an allowed {res['metric_name']} drop of {b['max_drop']}"
                       f"{' (relative)' if b['relative'] else ''}: tau {b['tau']:.3g}, {b['n_low']} units low, "
                       f"predicted gain {_fmt(b['gain'])} ms, {res['metric_name']} {b['metric']:.4f}; steps: "
-                      + ", ".join(f"tau {h['tau']:.2g} -> {h['metric_value']:.4f} ({'ok' if h['ok'] else 'no'})" for h in b["steps"])]
+                      + ", ".join(f"tau {h['tau']:.2g} -> {h['metric_value']:.4f} ({'ok' if h['ok'] else 'no'})"
+                                  for h in b["steps"])]
         lines.append("")
     return "\n".join(lines)
 
