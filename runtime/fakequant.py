@@ -13,13 +13,12 @@
 
 from __future__ import annotations
 
-import math
 
-import numpy as np
 import torch
 
 from onnx_amp.core import annotations as A
 from onnx_amp.core.formats import Format, get_format
+from onnx_amp.passes.quantize import REDUCED_INT8_QMAX, activation_scale  # noqa: F401  (one definition of both)
 
 TINY = 1e-30  # smallest scale we write: amax == 0 would give scale 0 (division by zero in Q)
 
@@ -81,7 +80,6 @@ def cast_emulate(x: torch.Tensor, fmt: str | Format) -> torch.Tensor:
     return x.to(torch_dtype(f)).to(torch.float32)
 
 
-REDUCED_INT8_QMAX = 63.0  # ORT's reduce_range: 7-bit weights, no int16 saturation in u8s8 kernels
 
 
 def weight_scales(w: torch.Tensor, fmt: str | Format, axis: int, reduce_range: bool = False) -> torch.Tensor:
@@ -98,15 +96,6 @@ def weight_scales(w: torch.Tensor, fmt: str | Format, axis: int, reduce_range: b
     qmax = REDUCED_INT8_QMAX if (reduce_range and f.is_int) else f.max_value
     s = (amax / qmax).to(torch.float32)
     return torch.where(s > 0, s, torch.ones_like(s))
-
-
-def activation_scale(amax: float, fmt: str | Format) -> float:
-    """Per-tensor scale from a calibration amax, as a float32 value."""
-    f = _fmt(fmt)
-    if amax is None or not math.isfinite(float(amax)):
-        raise ValueError(f"activation amax {amax!r} is not a finite number")
-    s = float(np.float32(float(amax) / f.max_value))
-    return s if s > 0 else 1.0
 
 
 def quantize_weight(w: torch.Tensor, fmt: str | Format, axis: int,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import onnx_ir as ir
 import torch
@@ -10,20 +9,7 @@ import torch
 from onnx_amp.passes import annotations as ann
 
 
-def _load(name: str):
-    """A helper module beside this file, without putting ``tests/`` on ``sys.path``."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"onnx_amp_tests_{name}", Path(__file__).with_name(f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-tiny_models = _load("tiny_models")
-
-
-def _planned_model(tmp_path) -> ir.Model:
+def _planned_model(tmp_path, tiny_models) -> ir.Model:
     from onnx_amp.passes.gains import GainsPass
     from onnx_amp.passes.partition import PartitionPass
     from onnx_amp.passes.plan import ApplyPlanPass, Plan
@@ -42,10 +28,10 @@ def _planned_model(tmp_path) -> ir.Model:
     return load_model(tmp_path / "planned.onnx"), units
 
 
-def test_report_files_and_numbers(tmp_path):
+def test_report_files_and_numbers(tmp_path, tiny_models):
     from onnx_amp.runtime.report import chosen_region_gains, unit_precisions, write_report
 
-    model, units = _planned_model(tmp_path)
+    model, units = _planned_model(tmp_path, tiny_models)
     regions, prec = unit_precisions(model)
     assert prec[units[0]] == ("fp8_e4m3", "fp8_e4m3")
     assert all(prec[u] == ("bf16", "bf16") for u in units[1:])
@@ -70,10 +56,10 @@ def test_report_files_and_numbers(tmp_path):
         assert s in text, s
 
 
-def test_report_without_measurements(tmp_path):
+def test_report_without_measurements(tmp_path, tiny_models):
     from onnx_amp.runtime.report import write_report
 
-    model, _ = _planned_model(tmp_path)
+    model, _ = _planned_model(tmp_path, tiny_models)
     md = write_report(tmp_path / "r2", model, {})
     names = sorted(p.name for p in (tmp_path / "r2").iterdir())
     assert "precision_map.png" in names and "pareto.png" not in names and "loss_mse.png" not in names
