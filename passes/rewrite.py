@@ -103,14 +103,17 @@ class RewritePass(ir.passes.FunctionalPass):
     and are then ``Cast`` to bf16, so the operand values are the default form's, rounded once to bf16.
     OpenVINO's CPU plugin (at f32 inference precision) runs that as a bf16 kernel; the default
     ``Cast`` pair runs in f32 there. ORT CPU has no bf16 MatMul/Conv, and bf16 ``Conv`` is ONNX only
-    from opset 22: such models are for OpenVINO (``runtime.backends.openvino``). The report of the last
+    from opset 22: such models are for OpenVINO (``runtime.backends.openvino``). ``int8_chains``: keep a
+    tensor quantized between INT8 layers when all its consumers are quantized, so the runtime fuses
+    whole chains (``passes.int8_chains``; replaces ``int8_output_q``). The report of the last
     call is ``self.report`` (also stored as the model key ``onnx_amp.rewrite``).
     """
 
     def __init__(self, form: str = "emulate", int8_output_q: bool | str = False, reduce_range: bool = False,
-                 ort_int8_layout: bool = False, bf16_compute: bool = False):
+                 ort_int8_layout: bool = False, bf16_compute: bool = False, int8_chains: bool = False):
         super().__init__()
         self.bf16_compute = bf16_compute
+        self.int8_chains = int8_chains
         if int8_output_q not in (True, False, "conv"):
             raise OnnxAmpError(f"int8_output_q must be True, False or 'conv', not {int8_output_q!r}")
         self.ort_int8_layout = ort_int8_layout
@@ -161,7 +164,9 @@ class RewritePass(ir.passes.FunctionalPass):
         layers = [n for n in model.graph if A.LAYER in n.metadata_props and INSERTED_BY not in n.metadata_props]
         uses_fp8 = self._uses_fp8_opset(layers)
         out = model.clone()
-        rw = _Rewriter(out, self.form, self.int8_output_q, self.reduce_range, self.bf16_compute)
+        chains = self.int8_chains and self.form == "emulate"
+        # with chains, a layer's output is quantized where its consumers allow it (passes.int8_chains)
+        rw = _Rewriter(out, self.form, False if chains else self.int8_output_q, self.reduce_range, self.bf16_compute)
         if uses_fp8:
             _ensure_opset(out, MIN_FP8_OPSET, rw.report)
         if (out.ir_version or 0) < 10:
@@ -169,6 +174,13 @@ class RewritePass(ir.passes.FunctionalPass):
         for node in [n for n in out.graph if A.LAYER in n.metadata_props and INSERTED_BY not in n.metadata_props]:
             rw.rewrite_layer(node)
         rw.drop_dead_weights()
+        if chains:
+            from onnx_amp.passes.int8_chains import quantize_chains
+
+            ch = quantize_chains(out, rw.fresh)
+            rw.report.notes.append(f"int8 chains: {ch['tensors']} tensor(s) quantized where produced, "
+                                   f"{len(ch['chain_ops'])} op(s) between INT8 layers kept quantized, "
+                                   f"{len(ch['folded'])} Relu/Clip folded into their input's quantization")
         if self.ort_int8_layout and self.form == "emulate":
             activations_to_uint8(out)
             dedicate_dq(out)
@@ -179,8 +191,8 @@ class RewritePass(ir.passes.FunctionalPass):
 
 def rewrite(model: ir.Model, form: str = "emulate", int8_output_q: bool | str = False,
             reduce_range: bool = False, ort_int8_layout: bool = False,
-            bf16_compute: bool = False) -> tuple[ir.Model, RewriteReport]:
-    p = RewritePass(form, int8_output_q, reduce_range, ort_int8_layout, bf16_compute)
+            bf16_compute: bool = False, int8_chains: bool = False) -> tuple[ir.Model, RewriteReport]:
+    p = RewritePass(form, int8_output_q, reduce_range, ort_int8_layout, bf16_compute, int8_chains)
     out = p(model).model
     return out, p.report
 
