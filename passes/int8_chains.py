@@ -279,3 +279,58 @@ def quantize_chains(model: ir.Model, fresh) -> dict:
             low.quantize(t, planned[t])
     return {"tensors": len(low.qvalue), "chain_ops": sorted(n.name for n in chain if n.name not in low.folded),
             "folded": low.folded}
+
+
+def _chain_q(y: ir.Value) -> bool:
+    return any(u.op_type == "QuantizeLinear" and u.metadata_props.get(A.INSERTED_FOR) == "int8_chains"
+               for u, _ in y.uses())
+
+
+def unchained_outputs(model: ir.Model, op_types: frozenset[str] | None) -> list[ir.Node]:
+    """INT8 layers (of ``op_types``; None: all) whose output the chains left in float: they get the
+    per-layer output ``Q -> DQ`` instead (ONNX Runtime fuses an INT8 Conv only with one)."""
+    return [n for n in model.graph if _is_int8_layer(n) and (op_types is None or n.op_type in op_types)
+            and A.AMAX_Y in n.metadata_props and not _chain_q(n.outputs[0]) and not n.outputs[0].is_graph_output()]
+
+
+def _dq_scale(v: ir.Value | None) -> np.ndarray | None:
+    p = v.producer() if v is not None else None
+    if p is None or p.op_type != "DequantizeLinear" or p.inputs[1] is None or p.inputs[1].const_value is None:
+        return None
+    return np.asarray(p.inputs[1].const_value.numpy(), np.float32)
+
+
+def quantize_biases(model: ir.Model, fresh) -> int:
+    """The float bias of an INT8 Conv/Gemm becomes ``DequantizeLinear(int32)`` with scale
+    ``x_scale * w_scale`` (per output channel), as ONNX Runtime's quantizer writes it: its QDQ
+    fusions (QGemm, and QLinearConv's bias) take the int32 bias. Run last, on the scales the layer
+    really reads. Returns the biases converted."""
+    n_done = 0
+    for n in [n for n in model.graph if _is_int8_layer(n) and n.op_type in ("Conv", "Gemm") and len(n.inputs) > 2]:
+        b = n.inputs[2]
+        if b is None or b.const_value is None or b.dtype != ir.DataType.FLOAT:
+            continue
+        sx, sw = _dq_scale(n.inputs[0]), _dq_scale(n.inputs[1])
+        if sx is None or sw is None or sx.size != 1:
+            continue
+        bias = np.asarray(b.const_value.numpy(), np.float32).reshape(-1)
+        scale = (sx.reshape(()) * sw.reshape(-1)).astype(np.float32)
+        if scale.size not in (1, bias.size) or not np.all(scale > 0):
+            continue
+        scale = np.broadcast_to(scale, bias.shape).astype(np.float32)
+        q = np.clip(np.round(bias / scale), -(2 ** 31), 2 ** 31 - 1).astype(np.int32)
+        vals = []
+        for arr, dt, tag in ((q, ir.DataType.INT32, "q"), (scale, ir.DataType.FLOAT, "scale"),
+                             (np.zeros(bias.shape, np.int32), ir.DataType.INT32, "zp")):
+            name = fresh(f"{b.name}/int32_{tag}")
+            v = ir.Value(name=name, type=ir.TensorType(dt), shape=ir.Shape(arr.shape), const_value=ir.Tensor(arr, name=name))
+            model.graph.register_initializer(v)
+            vals.append(v)
+        out = ir.Value(name=fresh(f"{b.name}/int32_dq"), type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape(bias.shape))
+        dq = ir.Node("", "DequantizeLinear", vals, attributes=[ir.AttrInt64("axis", 0)], outputs=[out],
+                     name=fresh(f"{b.name}/int32_DQ"), metadata_props={A.INSERTED_BY: "rewrite",
+                                                                        A.INSERTED_FOR: n.metadata_props[A.LAYER]})
+        model.graph.insert_before(n, dq)
+        n.replace_input_with(2, out)
+        n_done += 1
+    return n_done

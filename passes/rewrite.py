@@ -160,6 +160,20 @@ class RewritePass(ir.passes.FunctionalPass):
                 return True
         return False
 
+    def _chains(self, out: ir.Model, rw) -> None:
+        from onnx_amp.passes.int8_chains import quantize_biases, quantize_chains, unchained_outputs
+
+        ch = quantize_chains(out, rw.fresh)
+        ops = None if self.int8_output_q is True else frozenset({"Conv", "ConvTranspose"}) if self.int8_output_q else None
+        late = unchained_outputs(out, ops) if self.int8_output_q else []
+        for layer in late:  # outputs the chains left in float: the per-layer output Q, as without chains
+            rw._output_qdq(layer, layer.outputs[0], float(layer.metadata_props[A.AMAX_Y]))
+        biases = quantize_biases(out, rw.fresh)
+        rw.report.notes.append(f"int8 chains: {ch['tensors']} tensor(s) quantized where produced, "
+                               f"{len(ch['chain_ops'])} op(s) between INT8 layers kept quantized, "
+                               f"{len(ch['folded'])} Relu/Clip folded into their input's quantization, "
+                               f"{len(late)} layer output(s) quantized for their layer alone, {biases} int32 bias(es)")
+
     def call(self, model: ir.Model) -> "RewriteResult":
         layers = [n for n in model.graph if A.LAYER in n.metadata_props and INSERTED_BY not in n.metadata_props]
         uses_fp8 = self._uses_fp8_opset(layers)
@@ -175,12 +189,7 @@ class RewritePass(ir.passes.FunctionalPass):
             rw.rewrite_layer(node)
         rw.drop_dead_weights()
         if chains:
-            from onnx_amp.passes.int8_chains import quantize_chains
-
-            ch = quantize_chains(out, rw.fresh)
-            rw.report.notes.append(f"int8 chains: {ch['tensors']} tensor(s) quantized where produced, "
-                                   f"{len(ch['chain_ops'])} op(s) between INT8 layers kept quantized, "
-                                   f"{len(ch['folded'])} Relu/Clip folded into their input's quantization")
+            self._chains(out, rw)
         if self.ort_int8_layout and self.form == "emulate":
             activations_to_uint8(out)
             dedicate_dq(out)

@@ -91,6 +91,7 @@ def test_chains_fuse_the_whole_network(feeds, tmp_path):
     chained, rep = rewrite(model, "emulate", **dict(ORT_CPU_LOWERING, int8_chains=True))
     before, after = fused_ops(per_layer, tmp_path, "per_layer"), fused_ops(chained, tmp_path, "chained")
     assert after.get("QLinearConv", 0) == 5 and after.get("QLinearAdd", 0) == 2, after
+    assert after.get("QGemm", 0) == 1 and after.get("QLinearGlobalAveragePool", 0) == 1, after  # int32 bias
     assert after.get("QLinearAdd", 0) > before.get("QLinearAdd", 0)
     assert not any(op in after for op in ("Relu", "Add", "Conv", "MaxPool", "GlobalAveragePool")), after
     assert any("Relu/Clip folded" in n for n in rep.notes)
@@ -137,9 +138,11 @@ def test_a_tensor_with_a_float_consumer_stays_float(feeds, tmp_path):
     assert prod is not None and prod.op_type == "Relu"
     from onnx_amp.runtime.ort_session import make_session, run
 
-    out = run(make_session(chained, exact_qdq=True), feeds)
-    ref = run(make_session(model.clone()), feeds)
-    # the block output before the float Sigmoid is computed from INT8 layers, so it differs by their
-    # rounding, but it is not re-quantized on its way to the Sigmoid (no extra step-sized error)
-    assert np.abs(out["gate"] - ref["gate"]).max() < 0.05
+    ref = run(make_session(model.clone()), feeds)["gate"]
+    per_layer, _ = rewrite(model, "emulate", **ORT_CPU_LOWERING)
+    err_chained = np.abs(run(make_session(chained, exact_qdq=True), feeds)["gate"] - ref).max()
+    err_per_layer = np.abs(run(make_session(per_layer, exact_qdq=True), feeds)["gate"] - ref).max()
+    # the float path carries what the INT8 layers' rounding (and, as without chains, the INT8 Conv's
+    # own output Q) gives it, and nothing more
+    assert err_chained <= 1.5 * err_per_layer + 1e-3, (err_chained, err_per_layer)
     assert A.REWRITE in chained.metadata_props
