@@ -26,6 +26,7 @@ stay in ``runtime/targets/`` beside the code that measures them.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,93 +102,102 @@ def available_targets() -> list[str]:
     return sorted(p.stem for p in TARGET_DIR.glob("*.json"))
 
 
+def _bad(msg: str) -> OnnxAmpError:
+    """A target-file error, with what to do when the message does not say it."""
+    if ";" not in msg:
+        msg += "; edit the target file (runtime/targets/cpu.json shows every key)"
+    return OnnxAmpError(msg)
+
+
 def _number(where: str, entry: Any, key: str, *, allow_zero: bool = False) -> tuple[float, str]:
     if not isinstance(entry, dict) or "value" not in entry:
-        raise OnnxAmpError(f"{where}: {key} must be an object {{\"value\": <number>, \"source\": \"...\"}}")
+        raise _bad(f"{where}: {key} must be an object {{\"value\": <number>, \"source\": \"...\"}}")
     v = entry["value"]
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise OnnxAmpError(f"{where}: {key}.value must be a number, got {v!r}")
+        raise _bad(f"{where}: {key}.value must be a number, got {v!r}")
+    if not math.isfinite(v):
+        raise _bad(f"{where}: {key}.value must be a finite number, got {v!r}; give the figure from its source")
     if v < 0 or (v == 0 and not allow_zero):
-        raise OnnxAmpError(f"{where}: {key}.value must be {'>= 0' if allow_zero else '> 0'}, got {v!r}")
+        raise _bad(f"{where}: {key}.value must be {'>= 0' if allow_zero else '> 0'}, got {v!r}")
     src = entry.get("source")
     if not isinstance(src, str) or not src.strip():
-        raise OnnxAmpError(f"{where}: {key}.source is missing; say where the number comes from (or that it could not be found)")
+        raise _bad(f"{where}: {key}.source is missing; say where the number comes from (or that it could not be found)")
     return float(v), src
 
 
 def _fmt(where: str, name: Any, key: str) -> str:
     if not isinstance(name, str):
-        raise OnnxAmpError(f"{where}: {key} must be a format name, got {name!r}")
+        raise _bad(f"{where}: {key} must be a format name, got {name!r}")
     try:
         return get_format(name).name
     except ValueError:
-        raise OnnxAmpError(f"{where}: {key} names unknown format {name!r}; known: {', '.join(FORMATS)}") from None
+        raise _bad(f"{where}: {key} names unknown format {name!r}; known: {', '.join(FORMATS)}") from None
 
 
 def target_from_dict(data: Any, where: str = "<target>") -> Target:
     """Validate a parsed target file and build a ``Target`` (errors name ``where`` and the key)."""
     if not isinstance(data, dict):
-        raise OnnxAmpError(f"{where}: a target file must hold a JSON object")
+        raise _bad(f"{where}: a target file must hold a JSON object")
     for key in ("name", "formats", "high", "assignments", "lowering", "peak_flops", "memory_bandwidth", "boundary"):
         if key not in data:
-            raise OnnxAmpError(f"{where}: missing key {key!r} (see runtime/targets/cpu.json for an example)")
+            raise _bad(f"{where}: missing key {key!r} (see runtime/targets/cpu.json for an example)")
     name = data["name"]
     if not isinstance(name, str) or not name:
-        raise OnnxAmpError(f"{where}: name must be a non-empty string")
+        raise _bad(f"{where}: name must be a non-empty string")
     if not isinstance(data["formats"], list) or not data["formats"]:
-        raise OnnxAmpError(f"{where}: formats must be a non-empty list of format names")
+        raise _bad(f"{where}: formats must be a non-empty list of format names")
     formats = tuple(_fmt(where, f, "formats[]") for f in data["formats"])
 
     def pair(p, key):
         if not isinstance(p, (list, tuple)) or len(p) != 2:
-            raise OnnxAmpError(f"{where}: {key} must be a [weight format, activation format] pair, got {p!r}")
+            raise _bad(f"{where}: {key} must be a [weight format, activation format] pair, got {p!r}")
         out = (_fmt(where, p[0], key), _fmt(where, p[1], key))
         for f in out:
             if f not in formats:
-                raise OnnxAmpError(f"{where}: {key} uses {f!r}, which is not in formats {list(formats)}")
+                raise _bad(f"{where}: {key} uses {f!r}, which is not in formats {list(formats)}")
         return out
 
     if not isinstance(data["assignments"], list) or not data["assignments"]:
-        raise OnnxAmpError(f"{where}: assignments must be a non-empty list of [weight, activation] pairs")
+        raise _bad(f"{where}: assignments must be a non-empty list of [weight, activation] pairs")
     assignments = tuple(pair(p, f"assignments[{i}]") for i, p in enumerate(data["assignments"]))
     if len(set(assignments)) != len(assignments):
-        raise OnnxAmpError(f"{where}: assignments lists a pair twice")
+        raise _bad(f"{where}: assignments lists a pair twice")
     high = pair(data["high"], "high")
     if high not in assignments:
-        raise OnnxAmpError(f"{where}: high {list(high)} must be one of the assignments")
+        raise _bad(f"{where}: high {list(high)} must be one of the assignments")
 
     lowering = data["lowering"]
     if not isinstance(lowering, dict):
-        raise OnnxAmpError(f"{where}: lowering must map format -> one of {LOWERINGS}")
+        raise _bad(f"{where}: lowering must map format -> one of {LOWERINGS}")
     low = {}
     for f in formats:
         m = lowering.get(f)
         if m not in LOWERINGS:
-            raise OnnxAmpError(f"{where}: lowering[{f!r}] must be one of {LOWERINGS}, got {m!r}")
+            raise _bad(f"{where}: lowering[{f!r}] must be one of {LOWERINGS}, got {m!r}")
         if m == "qdq" and not get_format(f).needs_qdq:
-            raise OnnxAmpError(f"{where}: lowering[{f!r}] = 'qdq' but {f} is lowered with Cast; use 'cast'")
+            raise _bad(f"{where}: lowering[{f!r}] = 'qdq' but {f} is lowered with Cast; use 'cast'")
         if get_format(f).needs_qdq and m != "qdq":
-            raise OnnxAmpError(f"{where}: lowering[{f!r}] must be 'qdq' ({f} needs QuantizeLinear/DequantizeLinear)")
+            raise _bad(f"{where}: lowering[{f!r}] must be 'qdq' ({f} needs QuantizeLinear/DequantizeLinear)")
         low[f] = m
 
     sources: dict[str, str] = {}
     peaks = data["peak_flops"]
     if not isinstance(peaks, dict):
-        raise OnnxAmpError(f"{where}: peak_flops must map format -> {{value, source}}")
+        raise _bad(f"{where}: peak_flops must map format -> {{value, source}}")
     peak_flops = {}
     for f in formats:
         if f not in peaks:
-            raise OnnxAmpError(f"{where}: peak_flops has no entry for format {f!r}")
+            raise _bad(f"{where}: peak_flops has no entry for format {f!r}")
         peak_flops[f], sources[f"peak_flops.{f}"] = _number(where, peaks[f], f"peak_flops.{f}")
     bw, sources["memory_bandwidth"] = _number(where, data["memory_bandwidth"], "memory_bandwidth")
     b = data["boundary"]
     if not isinstance(b, dict):
-        raise OnnxAmpError(f"{where}: boundary must hold per_element_s and per_node_s")
+        raise _bad(f"{where}: boundary must hold per_element_s and per_node_s")
     per_el, sources["boundary.per_element_s"] = _number(where, b.get("per_element_s"), "boundary.per_element_s", allow_zero=True)
     per_node, sources["boundary.per_node_s"] = _number(where, b.get("per_node_s"), "boundary.per_node_s", allow_zero=True)
     backend = data.get("measured_backend")
     if backend not in BACKENDS:
-        raise OnnxAmpError(f"{where}: measured_backend must be one of {BACKENDS}, got {backend!r}")
+        raise _bad(f"{where}: measured_backend must be one of {BACKENDS}, got {backend!r}")
     return Target(
         name=name, description=str(data.get("description", "")), formats=formats, high=high,
         assignments=assignments, lowering=low, peak_flops=peak_flops, memory_bandwidth=bw,
@@ -207,7 +217,8 @@ def load_target(name_or_path: str | os.PathLike | Target | dict) -> Target:
     p = Path(s)
     if s.endswith(".json") or os.sep in s or p.exists():
         if not p.is_file():
-            raise OnnxAmpError(f"{p}: target file not found (built-in targets: {', '.join(available_targets())})")
+            raise OnnxAmpError(f"{p}: target file not found; give an existing .json file or a built-in target: "
+                               f"{', '.join(available_targets())}")
     else:
         p = TARGET_DIR / f"{s.lower()}.json"
         if not p.is_file():
@@ -217,7 +228,8 @@ def load_target(name_or_path: str | os.PathLike | Target | dict) -> Target:
     try:
         data = json.loads(p.read_text())
     except json.JSONDecodeError as e:
-        raise OnnxAmpError(f"{p}: not valid JSON (line {e.lineno}: {e.msg})") from None
+        raise OnnxAmpError(f"{p}: not valid JSON (line {e.lineno}: {e.msg}); fix the file (runtime/targets/cpu.json "
+                           "is an example)") from None
     return target_from_dict(data, str(p))
 
 
@@ -232,14 +244,32 @@ def target_of_model(model, name: str | None = None) -> Target | None:
     return target_from_dict(data, f"{model.graph.name or 'model'}: onnx_amp.target")
 
 
-def resolve_target(target, model=None) -> Target:
+def resolve_target(target, model=None, default=None) -> Target:
     """``target`` (a name, path, ``Target`` or dict), or the target the model carries
     (``onnx_amp.target``) when ``target`` is None or names that one: a custom target file travels
-    with the model, so ``solve``, ``rewrite`` and ``run`` work from the saved file alone."""
+    with the model, so ``solve``, ``rewrite`` and ``run`` work from the saved file alone.
+    ``default``: the target when none is given and the model carries none."""
     if model is not None:
         carried = target_of_model(model)
         if carried is not None and (target is None or target == carried.name):
             return carried
     if target is None:
+        if default is not None:
+            return load_target(default)
         raise OnnxAmpError("no target given and the model carries none (onnx_amp.target); pass --target")
     return load_target(target)
+
+
+def target_of_file(path) -> dict | None:
+    """The target description an ONNX file carries (``onnx_amp.target``), read without its graph
+    (``None`` when it carries none or cannot be read: the command's own loading reports a broken file)."""
+    from onnx_amp.core.onnx_io import read_model_metadata
+
+    text = read_model_metadata(path).get("onnx_amp.target")
+    if text is None:
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None

@@ -13,7 +13,11 @@ Accepted by :func:`load_calibration_data`:
 The result is a :class:`CalibrationData`: a list of samples/blocks of equal-shape arrays that
 :meth:`CalibrationData.batches` groups into batches. Every array is checked against the model's
 inputs (names, rank, dtype kind, static dims); a mismatch raises ``OnnxAmpError`` naming the
-tensor and the expected form.
+tensor and the expected form. Degenerate values are refused up front too: no samples, NaN or Inf
+in a float input, token ids outside the embedding table an integer input indexes (negative, or
+>= its rows). A model whose batch dimension is static (an export at batch 1, say) gets its data
+re-batched: every batch has exactly that many samples (``info["static_batch"]``, the remainder
+dropped with a note in ``info["notes"]``).
 """
 
 from __future__ import annotations
@@ -41,11 +45,38 @@ _NP_KIND = {
 class InputSpec:
     name: str
     dtype: ir.DataType | None
-    shape: list  # ints for static dims, str/None for dynamic
+    shape: list | None  # ints for static dims, str/None for dynamic; None: the model gives no shape (any rank)
+    vocab: int | None = None  # rows of the embedding table this integer input indexes (Gather), when known
+    vocab_node: str | None = None
 
     def describe(self) -> str:
+        if self.shape is None:
+            return f"{self.name}: {self.dtype.name if self.dtype is not None else '?'}[any shape]"
         dims = ",".join(str(d) if isinstance(d, int) else (d or "?") for d in self.shape)
         return f"{self.name}: {self.dtype.name if self.dtype is not None else '?'}[{dims}]"
+
+    @property
+    def static_batch(self) -> int | None:
+        return self.shape[0] if self.shape and isinstance(self.shape[0], int) else None
+
+
+#: ops an index tensor passes through unchanged on its way to an embedding Gather
+_INDEX_VIEW_OPS = ("Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity")
+
+
+def _embedding_rows(value: ir.Value, depth: int = 4) -> tuple[int, str] | None:
+    """(rows, node name) of the constant table a ``Gather`` indexes with ``value`` (axis 0)."""
+    for node, idx in value.uses():
+        if node.op_type == "Gather" and idx == 1 and node.attributes.get_int("axis", 0) == 0:
+            table = node.inputs[0]
+            t = table.const_value if table is not None else None
+            if t is not None and len(t.shape) >= 1 and isinstance(t.shape[0], int):
+                return int(t.shape[0]), node.name or "?"
+        elif node.op_type in _INDEX_VIEW_OPS and idx == 0 and depth > 0 and node.outputs:
+            r = _embedding_rows(node.outputs[0], depth - 1)
+            if r is not None:
+                return r
+    return None
 
 
 def input_specs(model: ir.Model) -> list[InputSpec]:
@@ -54,8 +85,16 @@ def input_specs(model: ir.Model) -> list[InputSpec]:
     for v in model.graph.inputs:
         if v.name in inits:
             continue
-        shape = [] if v.shape is None else [d if isinstance(d, int) else (str(d) if d is not None else None) for d in v.shape]
-        out.append(InputSpec(v.name, v.dtype, shape))
+        # exporters write a dynamic dimension as a name, as nothing, or (paddle2onnx) as -1 or 0
+        shape = None if v.shape is None else [d if isinstance(d, int) and d > 0 else
+                                              (str(d) if d is not None and not isinstance(d, int) else None)
+                                              for d in v.shape]
+        spec = InputSpec(v.name, v.dtype, shape)
+        if v.dtype is not None and not v.dtype.is_floating_point() and v.dtype != ir.DataType.BOOL:
+            rows = _embedding_rows(v)
+            if rows is not None:
+                spec.vocab, spec.vocab_node = rows
+        out.append(spec)
     return out
 
 
@@ -76,9 +115,15 @@ class CalibrationData:
         return sum(_block_len(b) for b in self.blocks)
 
     def batches(self, batch_size: int, max_samples: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-        """Batches of at most ``batch_size`` samples (blocks of different shapes never mix)."""
+        """Batches of at most ``batch_size`` samples (blocks of different shapes never mix); of
+        exactly ``info["static_batch"]`` samples when the model's batch dimension is static."""
         if batch_size < 1:
             raise OnnxAmpError(f"--batch_size {batch_size}: must be >= 1")
+        d = self.info.get("static_batch")
+        if d:
+            batch_size = d
+            if max_samples is not None:
+                max_samples = max(d, max_samples - max_samples % d)
         left = max_samples if max_samples is not None else self.num_samples
         pending: list[dict[str, np.ndarray]] = []
         pend_n = 0
@@ -115,6 +160,9 @@ class CalibrationData:
         """(calibration, held-out): the last ``holdout`` samples (a count, or a fraction < 1) are held out."""
         n = self.num_samples
         k = int(round(holdout * n)) if isinstance(holdout, float) and holdout < 1 else int(holdout)
+        d = self.info.get("static_batch")
+        if d and k % d:
+            k += d - k % d  # whole batches on both sides
         if not 0 < k < n:
             raise OnnxAmpError(f"held-out split of {holdout} leaves no calibration or no held-out samples (have {n})")
         cut = n - k
@@ -130,7 +178,8 @@ class CalibrationData:
                 a.append({kk: v[:j] for kk, v in block.items()})
                 b.append({kk: v[j:] for kk, v in block.items()})
             seen += m
-        return CalibrationData(a, self.source + "[calib]", dict(self.info)), CalibrationData(b, self.source + "[heldout]", dict(self.info))
+        return (CalibrationData(a, self.source + "[calib]", dict(self.info)),
+                CalibrationData(b, self.source + "[heldout]", dict(self.info)))
 
 
 def _block_len(block: dict[str, np.ndarray]) -> int:
@@ -141,10 +190,12 @@ def _shape_key(block):
     return tuple((k, v.shape[1:], v.dtype.str) for k, v in sorted(block.items()))
 
 
-def validate_block(block: dict[str, Any], specs: list[InputSpec], where: str, batched: bool | None = None) -> dict[str, np.ndarray]:
+def validate_block(block: dict[str, Any], specs: list[InputSpec], where: str,
+                   batched: bool | None = None) -> dict[str, np.ndarray]:
     """Check one dict of arrays against the model inputs; returns arrays with a leading sample axis."""
     if not isinstance(block, dict):
-        raise OnnxAmpError(f"{where}: expected a dict of input name -> array, got {type(block).__name__}; model inputs: {_expected(specs)}")
+        raise OnnxAmpError(f"{where}: expected a dict of input name -> array, got {type(block).__name__}; "
+                           f"model inputs: {_expected(specs)}")
     names = {s.name for s in specs}
     unknown = [k for k in block if k not in names and k not in EXTRA_KEYS]
     if unknown:
@@ -161,7 +212,13 @@ def validate_block(block: dict[str, Any], specs: list[InputSpec], where: str, ba
         if hasattr(arr, "detach"):
             arr = arr.detach().cpu().numpy()
         arr = np.asarray(arr)
-        rank = len(s.shape)
+        if arr.dtype == object or arr.dtype.kind in "USV":
+            raise OnnxAmpError(f"{where}: tensor {s.name!r} holds {arr.dtype} values, not numbers; the model expects "
+                               f"{s.describe()}")
+        if arr.ndim == 0:
+            raise OnnxAmpError(f"{where}: tensor {s.name!r} is a single number; put the samples on a leading axis "
+                               f"(the model expects {s.describe()})")
+        rank = arr.ndim if s.shape is None else len(s.shape)  # no shape in the model: any rank, leading axis = samples
         if batched is None:
             is_batched = arr.ndim == rank
         else:
@@ -171,9 +228,9 @@ def validate_block(block: dict[str, Any], specs: list[InputSpec], where: str, ba
         if arr.ndim != rank:
             raise OnnxAmpError(
                 f"{where}: tensor {s.name!r} has shape {list(arr.shape)} (rank {arr.ndim}); "
-                f"the model expects rank {rank}: {s.describe()}"
+                f"the model expects rank {rank}: {s.describe()}; reshape it (leading axis = samples)"
             )
-        for i, d in enumerate(s.shape):
+        for i, d in enumerate(s.shape or []):
             if i > 0 and isinstance(d, int) and arr.shape[i] != d:
                 raise OnnxAmpError(
                     f"{where}: tensor {s.name!r} has shape {list(arr.shape)}; the model expects {s.describe()} (dim {i} = {d})"
@@ -188,6 +245,7 @@ def validate_block(block: dict[str, Any], specs: list[InputSpec], where: str, ba
                     f"(convert it, e.g. arr.astype(np.{np.dtype(want).name}))"
                 )
             arr = arr.astype(want)
+        _check_values(arr, s, where)
         if n is None:
             n = arr.shape[0]
         elif arr.shape[0] != n:
@@ -198,73 +256,61 @@ def validate_block(block: dict[str, Any], specs: list[InputSpec], where: str, ba
         if lab.ndim == 0:
             lab = lab[None]
         if lab.shape[0] != n:
-            raise OnnxAmpError(f"{where}: 'labels' has {lab.shape[0]} entries for {n} samples")
+            raise OnnxAmpError(f"{where}: 'labels' has {lab.shape[0]} entries for {n} samples; give one label per sample")
         out["labels"] = lab
     return out
 
 
-def _load_tokenizer(tokenizer: Any):
-    if tokenizer is None:
-        raise OnnxAmpError("a text calibration file needs --tokenizer (a tokenizer.json file or a Hugging Face tokenizer folder)")
-    if not isinstance(tokenizer, (str, os.PathLike)):
-        return tokenizer  # already a tokenizer object
-    p = Path(tokenizer)
-    if not p.exists():
-        raise OnnxAmpError(f"--tokenizer {p}: no such file or folder")
-    if p.is_file():
-        from tokenizers import Tokenizer
-        try:
-            return Tokenizer.from_file(str(p))
-        except Exception as e:
-            raise OnnxAmpError(f"--tokenizer {p}: not a tokenizers JSON file ({e})") from e
-    import transformers
-    try:
-        return transformers.AutoTokenizer.from_pretrained(str(p))
-    except Exception as e:
-        raise OnnxAmpError(f"--tokenizer {p}: transformers could not load a tokenizer from it ({type(e).__name__}: {e})") from e
+def _check_values(arr: np.ndarray, s: InputSpec, where: str) -> None:
+    """No sample at all, NaN/Inf in a float input, token ids outside the embedding table."""
+    if arr.shape[0] == 0:
+        raise OnnxAmpError(f"{where}: tensor {s.name!r} holds 0 samples (shape {list(arr.shape)}); give at least one "
+                           "sample per input")
+    if arr.size == 0:
+        return
+    if arr.dtype.kind == "f":
+        finite = np.isfinite(arr)
+        if not finite.all():
+            bad = np.argwhere(~finite)[0]
+            kind = "NaN" if np.isnan(arr[tuple(bad)]) else "Inf"
+            raise OnnxAmpError(
+                f"{where}: tensor {s.name!r} has {int((~finite).sum())} NaN/Inf value(s) ({kind} first in sample "
+                f"{int(bad[0])}); remove or fix those samples")
+    elif s.vocab is not None and arr.dtype.kind in "iu":
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi >= s.vocab:
+            bad = lo if lo < 0 else hi
+            sample = int(np.argwhere(arr == bad)[0][0])
+            raise OnnxAmpError(
+                f"{where}: tensor {s.name!r} has token id {bad} (sample {sample}) outside the embedding table of node "
+                f"{s.vocab_node!r} (ids 0..{s.vocab - 1}); tokenize with the model's own tokenizer and replace "
+                "negative ids (e.g. -100 padding) with the pad token id")
 
 
-def _encode(tok, text: str) -> list[int]:
-    if hasattr(tok, "encode") and type(tok).__module__.startswith("tokenizers"):
-        return tok.encode(text, add_special_tokens=False).ids
-    return list(tok(text, add_special_tokens=False)["input_ids"])
+def _static_batch(specs: list[InputSpec]) -> int | None:
+    sizes = {s.static_batch for s in specs if s.static_batch is not None}
+    return min(sizes) if sizes else None
 
 
-def text_windows(path: str | os.PathLike, tokenizer: Any, seq_len: int, specs: list[InputSpec],
-                 max_samples: int | None = None) -> dict[str, np.ndarray]:
-    p = Path(path)
-    names = {s.name for s in specs}
-    if "input_ids" not in names:
-        raise OnnxAmpError(f"{p}: text calibration data needs a model with an 'input_ids' input; model inputs: {_expected(specs)}")
-    other = names - {"input_ids", "attention_mask", "position_ids", "token_type_ids"}
-    if other:
-        raise OnnxAmpError(f"{p}: text calibration cannot fill model input(s) {sorted(other)}; use an .npz keyed by input name")
-    try:
-        text = p.read_text(encoding="utf-8", errors="replace")
-    except OSError as e:
-        raise OnnxAmpError(f"{p}: cannot read the text file ({e})") from e
-    tok = _load_tokenizer(tokenizer)
-    ids: list[int] = []
-    for para in text.split("\n\n"):
-        para = para.strip()
-        if para:
-            ids.extend(_encode(tok, para + "\n\n"))
-        if max_samples is not None and len(ids) >= max_samples * seq_len:
-            break
-    n = len(ids) // seq_len
-    if max_samples is not None:
-        n = min(n, max_samples)
-    if n == 0:
-        raise OnnxAmpError(f"{p}: {len(ids)} tokens is less than one window of --seq_len {seq_len}; give more text or a shorter window")
-    arr = np.asarray(ids[: n * seq_len], dtype=np.int64).reshape(n, seq_len)
-    block = {"input_ids": arr}
-    if "attention_mask" in names:
-        block["attention_mask"] = np.ones_like(arr)
-    if "position_ids" in names:
-        block["position_ids"] = np.broadcast_to(np.arange(seq_len, dtype=np.int64), arr.shape).copy()
-    if "token_type_ids" in names:
-        block["token_type_ids"] = np.zeros_like(arr)
-    return block
+def _rebatch(cd: "CalibrationData", specs: list[InputSpec]) -> "CalibrationData":
+    """A model with a static batch dimension ``d`` runs batches of exactly ``d`` samples: record it,
+    and drop the samples beyond a multiple of ``d`` (with a note)."""
+    d = _static_batch(specs)
+    if d is None:
+        return cd
+    n = cd.num_samples
+    which = next(s for s in specs if s.static_batch == d)
+    if n < d:
+        raise OnnxAmpError(
+            f"{cd.source}: {n} sample(s), but the model's input {which.name!r} has a static batch dimension of {d} "
+            f"({which.describe()}); give at least {d} samples or re-export the model with a dynamic batch axis")
+    keep = n - n % d
+    if keep != n:
+        cd.blocks = list(cd.batches(n, keep))
+        cd.info.setdefault("notes", []).append(
+            f"{cd.source}: the model's batch dimension is static ({d}); used {keep} of {n} samples (a multiple of {d})")
+    cd.info["static_batch"] = d
+    return cd
 
 
 def load_calibration_data(data: Any, model: ir.Model, tokenizer: Any = None, seq_len: int = 128,
@@ -277,26 +323,29 @@ def load_calibration_data(data: Any, model: ir.Model, tokenizer: Any = None, seq
     if isinstance(data, (str, os.PathLike)):
         p = Path(data)
         if not p.exists():
-            raise OnnxAmpError(f"{flag} {p}: no such file")
+            raise OnnxAmpError(f"{flag} {p}: no such file; check the path")
         if p.suffix == ".npz":
             try:
                 with np.load(p, allow_pickle=False) as z:
                     block = {k: z[k] for k in z.files}
             except Exception as e:
-                raise OnnxAmpError(f"{p}: not a readable .npz file ({type(e).__name__}: {e})") from e
+                raise OnnxAmpError(f"{p}: not a readable .npz file ({type(e).__name__}: {e}); save it with "
+                                   "np.savez(path, input_name=array) (numbers, no pickled objects)") from e
             b = validate_block(block, specs, str(p), batched=True)
             if max_samples is not None:
                 b = {k: v[:max_samples] for k, v in b.items()}
-            return CalibrationData([b], str(p))
+            return _rebatch(CalibrationData([b], str(p)), specs)
         if p.suffix in (".txt", ".text", ".md", ".cor") or p.suffix == "":
-            block = text_windows(p, tokenizer, seq_len, specs, max_samples)
-            return CalibrationData([validate_block(block, specs, str(p), batched=True)], str(p), {"seq_len": seq_len})
+            from onnx_amp.runtime.text_data import text_windows
+            block, notes = text_windows(p, tokenizer, seq_len, specs, max_samples)
+            return _rebatch(CalibrationData([validate_block(block, specs, str(p), batched=True)], str(p),
+                                            {"seq_len": seq_len, "notes": notes}), specs)
         raise OnnxAmpError(f"{flag} {p}: unknown kind {p.suffix!r}; give an .npz keyed by input name or a .txt with --tokenizer")
     if isinstance(data, dict):
         b = validate_block(data, specs, "calibration data dict", batched=True)
         if max_samples is not None:
             b = {k: v[:max_samples] for k, v in b.items()}
-        return CalibrationData([b], "dict")
+        return _rebatch(CalibrationData([b], "dict"), specs)
     if hasattr(data, "get_next"):
         def reader_iter():
             while True:
@@ -322,4 +371,32 @@ def load_calibration_data(data: Any, model: ir.Model, tokenizer: Any = None, seq
             break
     if not blocks:
         raise OnnxAmpError(f"{source}: yielded no samples")
-    return CalibrationData(blocks, source)
+    return _rebatch(CalibrationData(blocks, source), specs)
+
+
+def check_calibration(result: Any, where: str, force: bool = False) -> list[str]:
+    """After calibration: a loss of 0 on every sample, or every layer's sensitivity 0 (data scaled
+    far out of range, a saturated model, a loss that ignores the model), makes every plan look free.
+    ``OnnxAmpError`` naming the cause, unless ``force`` (then a note)."""
+    layers = getattr(result, "layers", None) or {}
+    if not layers:
+        return []
+
+    def sensitive(st) -> bool:
+        vals = [st.s_a, st.s_w, st.s_b, st.gsq_a, st.gsq_b]
+        if st.gsq_w is not None:
+            vals.append(float(np.max(np.abs(st.gsq_w))) if np.size(st.gsq_w) else 0.0)
+        return any(np.isfinite(v) and v > 0 for v in vals)
+
+    mean = float(getattr(result, "mean_loss", float("nan")))
+    if mean == 0.0:
+        what = f"the loss is 0 on all {getattr(result, 'samples', '?')} calibration samples"
+    elif not any(sensitive(st) for st in layers.values()):
+        what = f"every layer's sensitivity is 0 ({len(layers)} layers; mean loss {mean:.4g})"
+    else:
+        return []
+    msg = (f"{where}: {what}, so every plan would look free; check the data (its scale: e.g. pixel values "
+           "0..1 vs 0..255, or inputs saturating the model) and the loss")
+    if not force:
+        raise OnnxAmpError(msg + "; or pass --force to plan with it anyway")
+    return [msg + " (--force: kept)"]

@@ -6,10 +6,11 @@
   full-precision model's own prediction (its argmax; pass ``reference_logits`` to use another
   model's, e.g. the fp32 model's when scoring a quantized one).
 - :func:`output_mse_loss`: for outputs that are neither class scores nor LM logits (dense maps,
-  embeddings, boxes): ``L_n = <u_n, y_n> / sqrt(numel)`` with a fixed seeded Gaussian direction
-  ``u_n`` per sample. Its first-order loss MSE is, in expectation over ``u``, the per-element
-  squared error of the output, ``E ||dy_n||^2 / numel``: a distance to the full-precision output
-  that the Taylor model can predict (a squared distance itself has zero gradient at the reference).
+  embeddings, boxes): ``L_n = <u, y_n> / sqrt(numel)`` with one fixed seeded Gaussian direction
+  ``u``. Its first-order loss MSE is, in expectation over ``u`` (and over samples whose output
+  errors point in different directions), the per-element squared error of the output,
+  ``E ||dy_n||^2 / numel``: a distance to the full-precision output that the Taylor model can
+  predict (a squared distance itself has zero gradient at the reference).
 - Outputs that are already probabilities (a final ``Softmax``) or log-probabilities
   (``LogSoftmax``) are detected: cross-entropy then reads ``log p`` directly instead of applying a
   second softmax, which would silently compress every loss.
@@ -27,6 +28,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 import onnx_ir as ir
 import torch
 import torch.nn.functional as F
@@ -56,6 +58,11 @@ def causal_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask
         )
     if logits.shape[1] < 2:
         raise OnnxAmpError("causal LM loss needs sequences of at least 2 tokens")
+    if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= logits.shape[-1]):
+        bad = int(input_ids.min()) if int(input_ids.min()) < 0 else int(input_ids.max())
+        raise OnnxAmpError(f"causal LM loss: input_ids has token id {bad}, outside the model's vocabulary of "
+                           f"{logits.shape[-1]} (ids 0..{logits.shape[-1] - 1}); replace negative or padding ids "
+                           "with the pad token id and tokenize with the model's own tokenizer")
     lp = log_probs(logits[:, :-1], kind)
     tgt = input_ids[:, 1:].long()
     ce = F.nll_loss(lp.reshape(-1, lp.shape[-1]), tgt.reshape(-1), reduction="none").view(tgt.shape)
@@ -82,19 +89,39 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor | None = None
 
 
 def projection(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
-    """The fixed Gaussian directions of :func:`output_mse_loss` for outputs of ``shape`` (batch first):
-    one per sample position, the same on every call (so reference and plan see the same ones)."""
-    g = torch.Generator().manual_seed(seed + 7919 * len(shape))
+    """The fixed Gaussian direction of :func:`output_mse_loss` for one sample's output of ``shape``
+    (no batch axis): the same for every sample, batch and call, so figures do not depend on how the
+    samples are batched and reference and plan see the same direction."""
+    g = torch.Generator().manual_seed(seed + 7919 * len(shape) + int(np.prod(shape, dtype=np.int64)) % 100003)
     return torch.randn(tuple(shape), generator=g, dtype=torch.float32)
 
 
-def output_mse_loss(output: torch.Tensor, seed: int = 0) -> torch.Tensor:
+def batch_first(y: torch.Tensor, batch_size: int | None) -> torch.Tensor:
+    """``y`` with its batch axis first: an output whose first axis is not the batch (time-major
+    sequence outputs ``[T, B, ...]``) has it moved there when exactly one axis has the batch's size."""
+    if batch_size is None or y.dim() == 0 or y.shape[0] == batch_size:
+        return y
+    axes = [i for i, d in enumerate(y.shape) if d == batch_size]
+    if len(axes) != 1:
+        raise OnnxAmpError(f"output of shape {tuple(y.shape)} has no unique axis of the batch size {batch_size}; "
+                           "give a loss (module:function) that reads it")
+    return y.movedim(axes[0], 0)
+
+
+def _batch_size(batch: dict[str, Any]) -> int | None:
+    for k, v in batch.items():
+        if k not in ("labels", "reference_logits") and hasattr(v, "shape") and len(v.shape):
+            return int(v.shape[0])
+    return None
+
+
+def output_mse_loss(output: torch.Tensor, seed: int = 0, batch_size: int | None = None) -> torch.Tensor:
     """``L_n = <u_n, y_n> / sqrt(numel(y_n))`` per sample (see the module doc) -> ``[B]``."""
-    y = output.float()
+    y = batch_first(output.float(), batch_size)
     if y.dim() == 0:
         raise OnnxAmpError("output_mse loss needs an output with a batch axis")
     flat = y.reshape(y.shape[0], -1)
-    u = projection(tuple(flat.shape), seed)
+    u = projection((flat.shape[1],), seed)
     return (flat * u).sum(1) / math.sqrt(max(flat.shape[1], 1))
 
 
@@ -122,13 +149,28 @@ class LossSpec:
         return {"name": self.name, "output": self.output, "kind": self.kind}
 
 
+def _causal_fn(output, batch, kind="logits"):
+    return causal_lm_loss(output, batch["input_ids"], batch.get("attention_mask"), kind)
+
+
+def _classification_fn(output, batch, kind="logits"):
+    return classification_loss(output, batch.get("labels"), batch.get("reference_logits"), kind)
+
+
+def _output_mse_fn(output, batch):
+    return output_mse_loss(output, batch_size=_batch_size(batch))
+
+
 def _task_fn(task: str, kind: str) -> Callable[[torch.Tensor, dict[str, Any]], torch.Tensor]:
+    """The per-sample loss function of a task (module-level functions: a LossSpec pickles, so it can
+    travel between processes)."""
+    import functools
+
     if task == "causal_lm":
-        return lambda output, batch: causal_lm_loss(output, batch["input_ids"], batch.get("attention_mask"), kind)
+        return functools.partial(_causal_fn, kind=kind)
     if task == "classification":
-        return lambda output, batch: classification_loss(output, batch.get("labels"), batch.get("reference_logits"),
-                                                         kind)
-    return lambda output, batch: output_mse_loss(output)
+        return functools.partial(_classification_fn, kind=kind)
+    return _output_mse_fn
 
 
 def output_kind(model: ir.Model, output_name: str, sample: torch.Tensor | None = None) -> str:
@@ -169,10 +211,35 @@ def _float_outputs(model: ir.Model) -> list[ir.Value]:
     return [v for v in model.graph.outputs if v.dtype in floats or v.dtype is None]
 
 
+def _producer_through_views(v: ir.Value) -> ir.Node | None:
+    node = v.producer()
+    while node is not None and node.op_type in ("Identity", "Reshape", "Squeeze", "Flatten", "Cast"):
+        node = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
+    return node
+
+
+def _from_softmax(v: ir.Value) -> bool:
+    node = _producer_through_views(v)
+    return node is not None and node.op_type in ("Softmax", "LogSoftmax")
+
+
+def _named_as_scores(v: ir.Value) -> bool:
+    name = (v.name or "").lower()
+    return any(k in name for k in ("logit", "score", "prob", "class", "label", "pred"))
+
+
+def _from_linear_head(v: ir.Value) -> bool:
+    node = _producer_through_views(v)
+    if node is not None and node.op_type == "Add":  # MatMul + bias
+        node = next((i.producer() for i in node.inputs if i is not None and i.producer() is not None), None)
+    return node is not None and node.op_type in ("Gemm", "MatMul")
+
+
 def detect_task(model: ir.Model, output_name: str | None = None,
                 sample_outputs: dict[str, torch.Tensor] | None = None) -> tuple[str, str]:
     """(task, output name): an output named ``logits`` wins; rank-3 output + ``input_ids`` input
-    and a vocabulary-sized last dim -> causal LM; rank-2 -> classification."""
+    and a vocabulary-sized last dim -> causal LM; rank-2 class scores -> classification (see below);
+    anything else -> ``output_mse`` on the first float output."""
     input_names = {v.name for v in model.graph.inputs}
     cands = _float_outputs(model)
     if output_name is not None:
@@ -199,12 +266,22 @@ def detect_task(model: ir.Model, output_name: str | None = None,
             ld = last_dim(v)
             if v.name == "logits" or output_name is not None or (ld is not None and ld >= 1000):
                 return "causal_lm", v.name
-        if r == 2:
-            return "classification", v.name
+    # class scores: of the rank-2 outputs, one coming out of a Softmax/LogSoftmax, then one named as
+    # scores (logits, probabilities, classes), then one out of a linear head; a rank-2 output that is
+    # none of these (a pooled embedding, box coordinates) is a dense output
+    rank2 = [v for v in cands if rank(v) == 2]
+    if output_name is not None and rank2:
+        return "classification", rank2[0].name
+    for test in (_from_softmax, _named_as_scores, _from_linear_head):
+        hit = next((v for v in rank2 if test(v)), None)
+        if hit is not None:
+            return "classification", hit.name
     # neither class scores nor LM logits (dense maps, embeddings, boxes): distance to the
-    # full-precision output, on the first float output (or the one asked for)
-    if cands and rank(cands[0]) is not None and rank(cands[0]) >= 1:
-        return "output_mse", cands[0].name
+    # full-precision output, on a rank-2 output when there is one (a pooled embedding is what a
+    # sentence encoder is used for, not its per-token states), else the first float output
+    dense = rank2[0] if rank2 else (cands[0] if cands else None)
+    if dense is not None and rank(dense) is not None and rank(dense) >= 1:
+        return "output_mse", dense.name
     raise OnnxAmpError(
         "cannot tell the model's task from its outputs "
         f"{[(v.name, None if v.shape is None else str(v.shape)) for v in model.graph.outputs]}; "

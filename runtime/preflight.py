@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from onnx_amp.core.errors import OnnxAmpError
+from onnx_amp.core.onnx_io import FOLDER_LOCK, lock_holder, take_lock
 
-LOCK_NAME = ".onnx-amp.lock"
+LOCK_NAME = FOLDER_LOCK
 
 
 def check_solver(strategy: str, solver: str | None = None) -> list[str]:
@@ -66,13 +67,54 @@ def _tiny_model():
     return model, x, h @ w2
 
 
+def _format_error(target, fmt: str, who: str, exact, real, ref, what: str) -> None:
+    scale = float(np.abs(ref).max()) or 1.0
+    err_exact = float(np.abs(exact - ref).max()) / scale
+    err_real = float(np.abs(real - exact).max()) / scale
+    # a format's rounding moves this output by a few percent at most; a broken kernel by far more
+    if not (np.isfinite(exact).all() and np.isfinite(real).all()) or err_exact > 0.25 or err_real > 0.25:
+        raise OnnxAmpError(
+            f"target {target.name}: {who} computes {fmt} wrongly as onnx-amp lowers it (relative error "
+            f"{err_exact:.3g} unfused, {err_real:.3g} between {what}, on a two-layer test model); "
+            "reinstall the tested versions with 'bash tools/install.sh'")
+
+
+def _check_measured_backend(target, name: str) -> list[str]:
+    """:func:`check_backend` on a ``runtime.backends`` backend other than ORT (``openvino_cpu``): its
+    exact session (the Q/DQ math) and its real kernels, on the backend's lowering."""
+    from onnx_amp.passes.plan import ApplyPlanPass, uniform_plan
+    from onnx_amp.passes.rewrite import rewrite
+    from onnx_amp.runtime.backends import get_backend
+
+    be = get_backend(name)
+    be.check()
+    for fmt in target.low_formats:
+        model, x, ref = _tiny_model()
+        try:
+            ApplyPlanPass(uniform_plan(model, fmt, fmt))(model)
+            low, _ = rewrite(model, "emulate", **be.lowering)
+            exact = be.session(low, exact=True).run({"x": x})["y"]
+            real = be.session(low).run({"x": x})["y"]
+        except OnnxAmpError as e:
+            raise OnnxAmpError(f"target {target.name}: {be.description} cannot run {fmt} as onnx-amp lowers it "
+                               f"({e}); reinstall the tested versions with 'bash tools/install.sh'") from None
+        _format_error(target, fmt, be.description, exact, real, ref, "its kernels and the exact session")
+    return []
+
+
 def check_backend(target) -> list[str]:
-    """ONNX Runtime runs every low format of ``target`` as the rewrite lowers it, and agrees with
-    the Q/DQ math (exact session) to within that format's rounding."""
+    """The target's measured backend (``runtime.backends``; ONNX Runtime's CPU provider for targets
+    measured elsewhere) runs every low format of ``target`` as the rewrite lowers it, and agrees
+    with the Q/DQ math (exact session) to within that format's rounding."""
+    from onnx_amp.runtime.backends import MEASURED_BACKENDS
+
+    if target.measured_backend in MEASURED_BACKENDS and target.measured_backend != "ort_cpu":
+        return _check_measured_backend(target, target.measured_backend)
     try:
         import onnxruntime as ort
     except Exception as e:  # noqa: BLE001
-        raise OnnxAmpError(f"onnxruntime cannot be imported ({type(e).__name__}: {e}); reinstall with 'bash tools/install.sh'") from None
+        raise OnnxAmpError(f"onnxruntime cannot be imported ({type(e).__name__}: {e}); "
+                           "reinstall with 'bash tools/install.sh'") from None
     if "CPUExecutionProvider" not in ort.get_available_providers():
         raise OnnxAmpError(f"onnxruntime {ort.__version__} has no CPUExecutionProvider "
                            f"(providers: {ort.get_available_providers()}); install the CPU onnxruntime package")
@@ -91,15 +133,7 @@ def check_backend(target) -> list[str]:
         except OnnxAmpError as e:
             raise OnnxAmpError(f"target {target.name}: onnxruntime {ort.__version__} cannot run {fmt} as onnx-amp "
                                f"lowers it ({e}); reinstall the tested versions with 'bash tools/install.sh'") from None
-        scale = float(np.abs(ref).max()) or 1.0
-        err_exact = float(np.abs(exact - ref).max()) / scale
-        err_fused = float(np.abs(fused - exact).max()) / scale
-        # a format's rounding moves this output by a few percent at most; a broken kernel by far more
-        if not (np.isfinite(exact).all() and np.isfinite(fused).all()) or err_exact > 0.25 or err_fused > 0.25:
-            raise OnnxAmpError(
-                f"target {target.name}: onnxruntime {ort.__version__} computes {fmt} wrongly as onnx-amp lowers it "
-                f"(relative error {err_exact:.3g} unfused, {err_fused:.3g} between fused and unfused kernels, on a "
-                "two-layer test model); reinstall the tested versions with 'bash tools/install.sh'")
+        _format_error(target, fmt, f"onnxruntime {ort.__version__}", exact, fused, ref, "fused and unfused kernels")
     return []
 
 
@@ -111,7 +145,7 @@ def check_data_file(path: str | os.PathLike, flag: str = "--calibration_data") -
     model's inputs once the model is loaded: ``runtime.data.load_calibration_data``)."""
     p = Path(path)
     if not p.exists():
-        raise OnnxAmpError(f"{flag} {p}: no such file")
+        raise OnnxAmpError(f"{flag} {p}: no such file; check the path")
     if p.is_dir():
         raise OnnxAmpError(f"{flag} {p}: is a folder; give an .npz file (arrays keyed by input name) or a .txt file")
     if p.suffix == ".npz":
@@ -119,9 +153,11 @@ def check_data_file(path: str | os.PathLike, flag: str = "--calibration_data") -
             with np.load(p, allow_pickle=False) as z:
                 keys = list(z.files)
         except Exception as e:  # noqa: BLE001
-            raise OnnxAmpError(f"{flag} {p}: not a readable .npz file ({type(e).__name__}: {e})") from None
+            raise OnnxAmpError(f"{flag} {p}: not a readable .npz file ({type(e).__name__}: {e}); save it with "
+                               "np.savez(path, input_name=array) (numbers, no pickled objects)") from None
         if not keys:
-            raise OnnxAmpError(f"{flag} {p}: the .npz holds no arrays; save one array per model input (np.savez(path, input_ids=...))")
+            raise OnnxAmpError(f"{flag} {p}: the .npz holds no arrays; save one array per model input "
+                               "(np.savez(path, input_ids=...))")
     elif p.suffix in TEXT_SUFFIXES:
         try:
             with open(p, "rb") as f:
@@ -194,55 +230,31 @@ class OutputDir:
         while not p.exists():
             missing.append(p)
             p = p.parent
+        self.created = list(reversed(missing))  # recorded first: an interrupt during mkdir still cleans up
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise OnnxAmpError(f"{self.path}: cannot create the output folder ({e.strerror or e})") from None
-        self.created = list(reversed(missing))
         self._lock()
         return self.path
 
     def _lock(self) -> None:
-        lock = self.path / LOCK_NAME
-        for _ in range(2):
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                try:
-                    pid = int(lock.read_text().split()[0])
-                except (OSError, ValueError, IndexError):
-                    pid = None
-                if pid is not None and _alive(pid):
-                    raise OnnxAmpError(
-                        f"{self.path}: another onnx-amp run (pid {pid}) is writing into this folder; wait for it to "
-                        f"finish or choose another output folder (remove {lock} if no such run exists)") from None
-                lock.unlink(missing_ok=True)  # stale: its run is gone
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(f"{os.getpid()}\n")
-            self.lock = lock
-            return
-        raise OnnxAmpError(f"{lock}: cannot take the output folder's lock file; remove it and retry")
+        self.lock = take_lock(self.path / LOCK_NAME, f"{self.path}", busy=(
+            "{what}: another onnx-amp run (pid {pid}) is writing into this folder; wait for it to finish or choose "
+            "another output folder (remove {lock} if no such run exists)"))
 
     def release(self, failed: bool) -> None:
-        if self.lock is not None:
-            self.lock.unlink(missing_ok=True)
+        lock = self.lock
+        if lock is None and (self.path / LOCK_NAME).exists() and lock_holder(self.path / LOCK_NAME) == os.getpid():
+            lock = self.path / LOCK_NAME  # taken, then interrupted before it was recorded
+        if lock is not None:
+            lock.unlink(missing_ok=True)
             self.lock = None
         if failed:
             for p in reversed(self.created):
+                if not p.exists():
+                    continue
                 try:
                     p.rmdir()  # only when empty
                 except OSError:
                     break
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

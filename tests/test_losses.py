@@ -68,7 +68,7 @@ def test_probability_outputs_are_detected_and_not_softmaxed_twice(final, kind):
 
 
 def test_output_mse_estimates_the_output_error():
-    """<u_n, dy_n>^2 / numel averages to ||dy||^2 / numel over the fixed random directions."""
+    """<u, dy_n>^2 / numel averages to ||dy||^2 / numel over samples (one fixed random direction)."""
     torch.manual_seed(1)
     y = torch.randn(512, 2, 8, 8)
     dy = 1e-2 * torch.randn(512, 2, 8, 8)

@@ -5,12 +5,16 @@ ONNX graph itself, and writes ``onnx_amp.sens.*`` / ``onnx_amp.amax.*`` on every
 ``onnx_amp.calibration`` summary on the model. With ``--loss_model measured`` (the default, as in
 ``onnx-amp run``) a second pass measures each operand's actual rounding error in the low formats of
 ``--target`` (``onnx_amp.sens.measured``), which the loss model then prefers over the ideal
-``alpha * S``. The input file is never modified.
+``alpha * S``. A loss of 0 everywhere or all-zero sensitivities stop the command (``--force`` keeps
+them). The input file is never modified.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+
+from onnx_amp.tools.cli import number
 
 
 def register(subparsers) -> None:
@@ -26,10 +30,11 @@ def register(subparsers) -> None:
     p.add_argument("--calibration_data", "--calib_data", required=True, metavar="DATA",
                    help=".npz keyed by input name, or a .txt file (with --tokenizer)")
     p.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json or a Hugging Face tokenizer folder (text data)")
-    p.add_argument("--calibration_samples", "--calib_size", type=int, default=None, metavar="N",
+    p.add_argument("--calibration_samples", "--calib_size", type=number(int, 1), default=None, metavar="N",
                    help="use at most N samples (default: all)")
-    p.add_argument("--batch_size", type=int, default=8, metavar="B", help="samples per forward+backward (default 8)")
-    p.add_argument("--calib_seq_len", "--seq_len", type=int, default=128, metavar="T",
+    p.add_argument("--batch_size", type=number(int, 1), default=8, metavar="B",
+                   help="samples per forward+backward (default 8)")
+    p.add_argument("--calib_seq_len", "--seq_len", type=number(int, 2), default=128, metavar="T",
                    help="tokens per window for text data (default 128)")
     p.add_argument("--loss", default="auto", choices=["auto", "causal_lm", "classification"],
                    help="per-sample loss (default: detected from the model's output)")
@@ -37,56 +42,74 @@ def register(subparsers) -> None:
     p.add_argument("--loss_model", choices=("measured", "ideal"), default="measured",
                    help="measured (default): also measure each operand's actual rounding error in the target's low "
                    "formats (a second pass); ideal: alpha * S only")
-    p.add_argument("--target", default="cpu", help="target whose low formats --loss_model measured covers (default cpu)")
-    p.add_argument("--formats", default=None, metavar="F,F", help="formats to measure instead of the target's, e.g. int8,fp8_e4m3")
+    p.add_argument("--target", default=None, help="target whose low formats --loss_model measured covers (default: the "
+                   "target the model carries, else cpu)")
+    p.add_argument("--formats", default=None, metavar="F,F",
+                   help="formats to measure instead of the target's, e.g. int8,fp8_e4m3")
     p.add_argument("-o", "--output", default=None, metavar="OUT.onnx", help="output model (default: IN.calib.onnx)")
+    p.add_argument("--seed", type=number(int, 0), default=0, help="seed of torch's and numpy's generators (random ops in "
+                   "the graph; default 0)")
+    p.add_argument("--force", action="store_true", help="keep a calibration whose losses or sensitivities are all 0")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
-def _formats(args) -> list[str]:
-    from onnx_amp.core.formats import get_format
+def _formats(args, model) -> list[str]:
     from onnx_amp.core.errors import OnnxAmpError
-    from onnx_amp.core.targets import load_target
+    from onnx_amp.core.formats import get_format
+    from onnx_amp.core.targets import resolve_target
 
     if args.formats:
         names = [f.strip() for f in args.formats.split(",") if f.strip()]
+        if not names:
+            raise OnnxAmpError(f"--formats {args.formats!r}: no format named; use e.g. int8,fp8_e4m3")
         for f in names:
             try:
                 get_format(f)
             except (KeyError, ValueError):
                 raise OnnxAmpError(f"--formats {f!r}: unknown format; use e.g. int8, fp8_e4m3, fp8_e5m2, bf16, fp16") from None
         return [f for f in names if f != "fp32"]
-    return load_target(args.target).low_formats
+    return resolve_target(args.target or ("cpu" if model is None else None), model, default="cpu").low_formats
 
 
 def run(args) -> int:
+    import numpy as np
+    import torch
+
+    from onnx_amp.core.onnx_io import Outputs
     from onnx_amp.passes.sensitivity import AnnotateSensitivityPass
-    from onnx_amp.runtime.calibrate import calibrate, measure_format_errors
-    from onnx_amp.runtime.data import load_calibration_data
-    from onnx_amp.core.errors import OnnxAmpError
-    from onnx_amp.core.onnx_io import check_output_path, load_model, save_model
+    from onnx_amp.runtime.calibrate import calibrate
+    from onnx_amp.runtime.format_errors import measure_format_errors
+    from onnx_amp.runtime.data import check_calibration, load_calibration_data
+    from onnx_amp.runtime.normalize import fill_input_shapes, load_normalized
+    from onnx_amp.runtime.preflight import check_data_file
 
     src = Path(args.input)
     out = Path(args.output) if args.output else src.with_name(src.stem + ".calib.onnx")
-    if args.batch_size < 1:
-        raise OnnxAmpError(f"--batch_size {args.batch_size}: must be >= 1")
-    if args.calibration_samples is not None and args.calibration_samples < 1:
-        raise OnnxAmpError(f"--calibration_samples {args.calibration_samples}: must be >= 1")
-    check_output_path(out)
-    if out.resolve() == src.resolve():
-        raise OnnxAmpError(f"{out}: would overwrite the input model; write to a new path")
-    formats = _formats(args) if args.loss_model == "measured" else []
-    model = load_model(src)
-    data = load_calibration_data(args.calibration_data, model, args.tokenizer, args.calib_seq_len,
-                                 args.calibration_samples)
-    res = calibrate(model, data, loss=args.loss, batch_size=args.batch_size, output_name=args.loss_output,
-                    progress=not args.no_progress)
-    if formats:
-        measure_format_errors(model, data, res, formats, batch_size=args.batch_size, loss=args.loss,
-                              output_name=args.loss_output, progress=not args.no_progress)
-    AnnotateSensitivityPass(res)(model)
-    save_model(model, out)
+    with Outputs(inputs=[src, args.calibration_data]) as outs:
+        outs.add(out, "-o", model=True)
+        check_data_file(args.calibration_data)
+        if args.formats:
+            _formats(args, None)  # a bad --formats fails before the model loads
+        model, notes = load_normalized(src, executes=True)
+        formats = _formats(args, model) if args.loss_model == "measured" else []
+        data = load_calibration_data(args.calibration_data, model, args.tokenizer, args.calib_seq_len,
+                                     args.calibration_samples)
+        notes += data.info.get("notes", [])
+        notes += fill_input_shapes(model, data.blocks[0], src)
+        torch.manual_seed(args.seed)
+        np.random.seed(args.seed)
+        res = calibrate(model, data, loss=args.loss, batch_size=args.batch_size, output_name=args.loss_output,
+                        progress=not args.no_progress)
+        notes += check_calibration(res, str(args.calibration_data), args.force)
+        if formats:
+            measure_format_errors(model, data, res, formats, batch_size=args.batch_size, loss=args.loss,
+                                  output_name=args.loss_output, progress=not args.no_progress)
+        AnnotateSensitivityPass(res)(model)
+        outs.model(model, out)
+        outs.commit()
+    for n in notes:  # after the outputs exist: a failure stays one line
+        print(f"note: {n}", file=sys.stderr)
     print(f"calibrated {len(res.layers)} layers on {res.samples} samples ({res.batches} batches, "
           f"loss {res.loss.get('name')} on output {res.loss.get('output')!r}, mean {res.mean_loss:.4g}) "
           f"in {res.seconds:.1f} s; loss model {args.loss_model}"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from onnx_amp.tools.cli import number
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -15,13 +17,16 @@ def register(subparsers) -> None:
     )
     p.add_argument("source", metavar="SOURCE")
     p.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="output ONNX (weights in OUT.onnx.data)")
-    p.add_argument("--opset", type=int, default=21, help="ONNX opset (18..21, default 21)")
+    p.add_argument("--opset", type=number(int, 18, 21), default=21, help="ONNX opset (18..21, default 21)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from onnx_amp.core.onnx_io import Outputs
     from onnx_amp.runtime.export import export_model
 
-    out = export_model(args.source, Path(args.output), opset=args.opset)
+    with Outputs() as outs:  # the output is checked and locked before the (slow) export
+        outs.add(args.output, "-o", model=True)
+        out = export_model(args.source, Path(args.output), opset=args.opset)
     print(f"wrote {out} (+ {out.name}.data)")
     return 0

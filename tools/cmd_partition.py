@@ -1,18 +1,15 @@
 """``onnx-amp partition IN.onnx -o OUT.onnx [--json SUMMARY.json]``.
 
 Loads IN with lazy external data (weights stay memory-mapped ``ExternalTensor``s that are never
-read), annotates regions/layers/units (``PartitionPass``), prints the summary and writes OUT (+
-OUT.onnx.data) atomically; IN is never modified.
+read), brings it into the form every stage expects (``runtime.normalize``: opset 21, typed
+values, float32 compute), annotates regions/layers/units (``PartitionPass``), prints the summary
+and writes OUT (+ OUT.onnx.data) and the JSON summary all or nothing; IN is never modified.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-
-from onnx_amp.core.errors import OnnxAmpError
-
-from onnx_amp.core.onnx_io import check_output_path, save_json
 
 
 def register(subparsers) -> None:
@@ -29,28 +26,26 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from onnx_amp.passes.partition import PartitionPass, partition_summary
     from onnx_amp.core.annotations import REGIONS, get_json
-    from onnx_amp.core.onnx_io import load_model, save_model
+    from onnx_amp.core.onnx_io import Outputs
+    from onnx_amp.passes.partition import PartitionPass, partition_summary
+    from onnx_amp.runtime.normalize import load_normalized
 
     src = Path(args.input)
     out = Path(args.output) if args.output else src.with_name(src.name.removesuffix(".onnx") + ".partitioned.onnx")
-    check_output_path(out, "output")
-    if args.json:
-        check_output_path(args.json, "--json")
-    if src.exists() and out.exists() and out.resolve() == src.resolve():
-        raise OnnxAmpError(f"{out}: is the input file; write the partitioned model to a new path")
-    model = load_model(src)
-    pas = PartitionPass(source=str(src))
-    pas(model)
-    print(partition_summary(pas.partition))
-    save_model(model, out)
-    if args.json:
-        try:
-            save_json(args.json, get_json(model, REGIONS))
-        except OSError as e:
-            for f in (out, out.with_name(out.name + ".data")):
-                f.unlink(missing_ok=True)
-            raise OnnxAmpError(f"{args.json}: could not write the summary ({e})") from e
+    with Outputs(inputs=[src]) as outs:
+        outs.add(out, "-o", model=True)
+        if args.json:
+            outs.add(args.json, "--json")
+        model, notes = load_normalized(src)
+        pas = PartitionPass(source=str(src))
+        pas(model)
+        print(partition_summary(pas.partition))
+        outs.model(model, out)
+        if args.json:
+            outs.json(get_json(model, REGIONS), args.json)
+        outs.commit()
+    for n in notes:  # after the outputs exist: a failure stays one line
+        print(f"note: {n}", file=sys.stderr)
     print(f"wrote {out}" + (f" and {args.json}" if args.json else ""), file=sys.stderr)
     return 0

@@ -1,12 +1,15 @@
-"""``onnx-amp rewrite IN.onnx --plan PLAN.json -o OUT.onnx [--form emulate|deploy]``.
+"""``onnx-amp rewrite IN.onnx [--plan PLAN.json] -o OUT.onnx [--form emulate|deploy]``.
 
-Or, without a plan file, a uniform plan with ModelOpt/ORT-quantization-style flags::
+Without ``--plan`` the plan the model carries (``onnx_amp.plan``, written by ``onnx-amp solve``) is
+lowered: ``onnx-amp rewrite S.onnx -o M.amp.onnx``. Or, without a plan, a uniform plan with
+ModelOpt/ORT-quantization-style flags::
 
     onnx-amp rewrite IN.onnx --quantize_mode int8 --nodes_to_exclude /lm_head/MatMul --op_types_to_quantize MatMul
 
 IN must be partitioned (``onnx-amp partition``; done here on the fly when it is not) and, for FP8/INT8
 activations, calibrated (``onnx-amp calibrate`` writes the ``onnx_amp.amax.*`` the Q scales come
-from). Writes OUT (+ OUT.data) atomically after ``onnx.checker``; IN is never modified. Default OUT:
+from). Writes OUT (+ OUT.data) and ``--save_plan`` all or nothing after ``onnx.checker``; IN is never
+modified. Default OUT:
 ``<model>.amp.onnx`` (emulate) / ``<model>.amp.deploy.onnx`` (deploy) beside IN.
 """
 
@@ -28,7 +31,8 @@ def register(subparsers) -> None:
         "precision: FP8/INT8 as QuantizeLinear/DequantizeLinear, BF16/FP16 as Casts (emulate) or true types (deploy).",
     )
     p.add_argument("input", metavar="IN.onnx")
-    p.add_argument("--plan", metavar="PLAN.json", help="plan file (onnx-amp solve writes one)")
+    p.add_argument("--plan", metavar="PLAN.json", help="plan file (onnx-amp solve writes one; default: the plan the model "
+                   "carries, onnx_amp.plan)")
     p.add_argument("-o", "--output", metavar="OUT.onnx", help="output (default <model>.amp.onnx / .amp.deploy.onnx)")
     p.add_argument("--form", choices=("emulate", "deploy"), default="emulate",
                    help="emulate: runs in ONNX Runtime on CPU; deploy: explicit Q/DQ + true bf16/fp16 types")
@@ -59,55 +63,74 @@ def _split(items):
 
 def run(args) -> int:
     from onnx_amp.core import annotations as A
+    from onnx_amp.core.onnx_io import Outputs
     from onnx_amp.passes.plan import ApplyPlanPass, Plan, uniform_plan
     from onnx_amp.passes.rewrite import RewritePass, check_model
-    from onnx_amp.core.onnx_io import load_model, save_model
+    from onnx_amp.runtime.normalize import check_input_shapes, load_normalized
 
     src = Path(args.input)
-    if (args.plan is None) == (args.quantize_mode is None):
-        raise OnnxAmpError("give exactly one of --plan PLAN.json or --quantize_mode {fp8,int8,bf16,fp16}")
+    if args.plan is not None and args.quantize_mode is not None:
+        raise OnnxAmpError("--plan and --quantize_mode both given; give one of them (or neither: then the plan the "
+                           "model carries is used)")
     if args.plan is not None and (args.nodes_to_exclude or args.op_types_to_quantize is not None):
-        raise OnnxAmpError("--nodes_to_exclude/--op_types_to_quantize go with --quantize_mode, not with --plan")
+        raise OnnxAmpError("--nodes_to_exclude/--op_types_to_quantize given with --plan; they shape a uniform "
+                           "--quantize_mode plan, so drop them or drop --plan")
+    if args.quantize_mode is None and (args.nodes_to_exclude or args.op_types_to_quantize is not None or args.no_act_act):
+        raise OnnxAmpError("--nodes_to_exclude/--op_types_to_quantize/--no_act_act given without --quantize_mode; "
+                           "add --quantize_mode {fp8,int8,bf16,fp16} or drop them")
     if args.output:
         out = Path(args.output)
     else:
         stem = src.name[:-5] if src.name.endswith(".onnx") else src.name
         out = src.with_name(stem + (".amp.onnx" if args.form == "emulate" else ".amp.deploy.onnx"))
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise OnnxAmpError(f"{out}: output folder {parent} does not exist")
-    if out.exists() and out.resolve() == src.resolve():
-        raise OnnxAmpError(f"{out}: is the input; write to a new path")
     plan = Plan.load(args.plan) if args.plan else None  # plan errors before the (slow) model load
+    plan_source = args.plan or "plan"
 
-    model = load_model(src)
-    if not A.layer_nodes(model.graph):
-        from onnx_amp.passes.partition import PartitionPass
+    with Outputs(inputs=[src, args.plan]) as outs:
+        outs.add(out, "-o", model=True)
+        if args.save_plan:
+            outs.add(args.save_plan, "--save_plan")
+        model, notes = load_normalized(src)
+        if not args.no_check:
+            check_input_shapes(model, src)
+        if plan is None and args.quantize_mode is None:
+            carried = A.get_json(model, A.PLAN)
+            if carried is None:
+                raise OnnxAmpError(f"{src}: carries no plan (onnx_amp.plan); solve it first (onnx-amp solve), or give "
+                                   "--plan PLAN.json or --quantize_mode {fp8,int8,bf16,fp16}")
+            plan = Plan.from_json(carried, source=f"{src}: onnx_amp.plan")
+            plan_source = f"{src}: onnx_amp.plan"
+            notes.append(f"{src}: lowering the plan the model carries (onnx_amp.plan, {len(plan.units)} unit(s) lowered)")
+        if not A.layer_nodes(model.graph):
+            from onnx_amp.passes.partition import PartitionPass
 
-        print(f"{src}: not partitioned; partitioning it now", file=sys.stderr)
-        PartitionPass()(model)
-    if plan is None:
-        plan = uniform_plan(
-            model, args.quantize_mode, args.quantize_mode,
-            nodes_to_exclude=_split(args.nodes_to_exclude),
-            op_types_to_quantize=_split(args.op_types_to_quantize) if args.op_types_to_quantize is not None else None,
-            target=args.target, include_act_act=not args.no_act_act,
-        )
-    try:
-        ApplyPlanPass(plan, target=args.target)(model)
-    except OnnxAmpError as e:
-        raise OnnxAmpError(f"{args.plan or 'plan'}: {e}") from None
-    rp = RewritePass(args.form, int8_output_q=args.int8_output_q, reduce_range=args.reduce_range)
-    result = rp(model).model
-    if not args.no_check:
+            notes.append(f"{src}: not partitioned; partitioned it now")
+            PartitionPass()(model)
+        if plan is None:
+            plan = uniform_plan(
+                model, args.quantize_mode, args.quantize_mode,
+                nodes_to_exclude=_split(args.nodes_to_exclude),
+                op_types_to_quantize=_split(args.op_types_to_quantize) if args.op_types_to_quantize is not None else None,
+                target=args.target, include_act_act=not args.no_act_act,
+            )
         try:
-            check_model(result, full_check=True)
-        except Exception as e:  # noqa: BLE001
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise OnnxAmpError(f"{src}: rewritten model fails onnx.checker ({first}); please report this") from e
-    save_model(result, out)
-    if args.save_plan:
-        Plan.from_json(A.get_json(result, A.PLAN)).save(args.save_plan)
+            ApplyPlanPass(plan, target=args.target)(model)
+        except OnnxAmpError as e:
+            raise OnnxAmpError(f"{plan_source}: {e}") from None
+        rp = RewritePass(args.form, int8_output_q=args.int8_output_q, reduce_range=args.reduce_range)
+        result = rp(model).model
+        if not args.no_check:
+            try:
+                check_model(result, full_check=True)
+            except Exception as e:  # noqa: BLE001
+                first = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise OnnxAmpError(f"{src}: rewritten model fails onnx.checker ({first}); please report this") from e
+        outs.model(result, out)
+        if args.save_plan:
+            outs.json(Plan.from_json(A.get_json(result, A.PLAN)).to_json(), args.save_plan)
+        outs.commit()
+    for n in notes:  # after the outputs exist: a failure stays one line
+        print(f"note: {n}", file=sys.stderr)
     rep = rp.report.to_json()
     print(f"wrote {out} ({args.form} form): " + ", ".join(f"{k} x{v}" for k, v in sorted(rep["precisions"].items()))
           + f"; {rep['inserted_nodes']} nodes inserted")

@@ -10,6 +10,9 @@ from the installed gensim package. See ``onnx_amp.runtime.pipeline.optimize``.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+
+from onnx_amp.tools.cli import number
 
 DEFAULT_SOURCE = "smollm2"
 
@@ -28,54 +31,84 @@ def register(subparsers) -> None:
                    help=".npz keyed by input name, or .txt with --tokenizer (default for subjects: their real data)")
     p.add_argument("--validation_data", metavar="DATA", help="held-out data (default: the end of the calibration data)")
     p.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json or HF tokenizer folder for text data")
-    p.add_argument("--target", default="cpu", help="cpu (default, measured with ORT), gaudi2, gaudi3, h100, h200, or a target .json")
+    p.add_argument("--target", default=None, help="cpu (measured with ORT), gaudi2, gaudi3, h100, h200, or a target .json "
+                   "(default: the target an .onnx input carries, else cpu)")
     p.add_argument("--strategy", default="ip", help="ip (default), ip-pairs, random, prefix, greedy, pareto-greedy, "
                    "uniform-high, uniform-low (pareto-greedy and ip-pairs measure per-unit losses / neighbour pair "
                    "terms with ONNX Runtime on the held-out samples)")
     p.add_argument("--metric", default="time", help="time (default), tt (roofline) or memory")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--tau", type=float, help="bound on the predicted loss MSE (absolute)")
-    g.add_argument("--tau_relative", type=float, help="bound as a fraction of the all-low plan's predicted MSE")
-    g.add_argument("--accuracy_drop", type=float,
-                   help="allowed relative worsening of the task metric (default 0.01 = 1%%), found by bisection over tau with ORT evaluations")
+    g.add_argument("--tau", type=number(float, 0), help="bound on the predicted loss MSE (absolute)")
+    g.add_argument("--tau_relative", type=number(float, above=0), help="bound as a fraction of the all-low plan's predicted MSE")
+    g.add_argument("--accuracy_drop", type=number(float, 0),
+                   help="allowed relative worsening of the task metric (default 0.01 = 1%%), found by bisection over tau "
+                   "with ORT evaluations")
     p.add_argument("--loss_model", choices=("measured", "ideal"), default="measured",
                    help="predicted loss MSE from each tensor's actual rounding error (default) or the ideal alpha noise model")
     p.add_argument("--keep-intermediate", "--keep_intermediate", dest="keep_intermediate", action="store_true",
                    help="also write each stage's ONNX (.partitioned/.calibrated/.gains/.planned.onnx)")
     p.add_argument("-o", "--output_dir", metavar="DIR", help="output folder (default: beside the input)")
     p.add_argument("--name", help="output file stem (default: from the input)")
-    p.add_argument("--calibration_samples", type=int, help="calibration samples (subjects: smollm2 16, minilm 64)")
-    p.add_argument("--validation_samples", type=int, help="held-out samples for the measured figures")
-    p.add_argument("--seq_len", type=int, default=None, help="tokens per text window (default 128; smollm2 default run: 64)")
-    p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--profile_repeats", type=int, default=10, help="timed rounds per region configuration")
-    p.add_argument("--roofline_batch", type=int, default=64, help="batch size of the roofline gains (unmeasured targets)")
+    p.add_argument("--calibration_samples", type=number(int, 1), help="calibration samples (subjects: smollm2 16, minilm 64)")
+    p.add_argument("--validation_samples", type=number(int, 1), help="held-out samples for the measured figures")
+    p.add_argument("--seq_len", type=number(int, 2), default=None,
+                   help="tokens per text window (default 128; smollm2 default run: 64)")
+    p.add_argument("--batch_size", type=number(int, 1), default=8)
+    p.add_argument("--profile_repeats", type=number(int, 1), default=10, help="timed rounds per region configuration")
+    p.add_argument("--roofline_batch", type=number(int, 1), default=64,
+                   help="batch size of the roofline gains (unmeasured targets)")
     p.add_argument("--no-measure", dest="measure", action="store_false", default=None,
                    help="roofline time only (no ORT timing of region configurations)")
     p.add_argument("--no-pareto", dest="pareto", action="store_false", help="skip the Pareto sweep")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.add_argument("--solver", default=None, help="HiGHS or CBC (default: the first of the two that mip can use here)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every randomized step (data sampling, the random "
-                   "strategy, profiling order; default 0)")
+    p.add_argument("--seed", type=number(int, 0), default=0, help="seed of every randomized step (data sampling, the "
+                   "random strategy, profiling order; default 0)")
+    p.add_argument("--force", action="store_true", help="go on when the calibration's losses or sensitivities are all 0")
     p.set_defaults(func=run)
+
+
+def _check_source(source: str) -> None:
+    from onnx_amp.core.errors import OnnxAmpError
+    from onnx_amp.runtime import subjects
+
+    if Path(source).exists() or subjects.is_subject(source) or (":" in source and not source.endswith(".onnx")):
+        return
+    raise OnnxAmpError(f"{source}: no such file or folder; give an .onnx file, a Hugging Face folder, a .gguf file, "
+                       f"module:function, or a subject ({', '.join(subjects.SUBJECTS)})")
+
+
+def _target(source: str, target: str | None):
+    """``--target``, or the target an ``.onnx`` input carries (``onnx_amp.target``) when none is
+    given or it names that one (a custom target travels with the model), else ``cpu``."""
+    from onnx_amp.core.targets import target_from_dict, target_of_file
+
+    a_file = target is not None and (target.endswith(".json") or Path(target).exists())
+    p = Path(source)
+    if not a_file and p.suffix == ".onnx" and p.is_file():
+        carried = target_of_file(p)
+        if carried is not None and (target is None or carried.get("name") == target):
+            return target_from_dict(carried, f"{p}: onnx_amp.target")
+    return target or "cpu"
 
 
 def run(args) -> int:
     from onnx_amp.runtime.pipeline import optimize
 
     source = args.source or DEFAULT_SOURCE
+    _check_source(source)
     seq_len = args.seq_len
     if seq_len is None:
         seq_len = 64 if args.source is None else 128
     res = optimize(
         source, calibration_data=args.calibration_data, validation_data=args.validation_data,
-        tokenizer=args.tokenizer, target=args.target, strategy=args.strategy, metric=args.metric,
+        tokenizer=args.tokenizer, target=_target(source, args.target), strategy=args.strategy, metric=args.metric,
         tau=args.tau, tau_relative=args.tau_relative, accuracy_drop=args.accuracy_drop,
         output_dir=args.output_dir, name=args.name, keep_intermediate=args.keep_intermediate,
         calibration_samples=args.calibration_samples, validation_samples=args.validation_samples,
         seq_len=seq_len, batch_size=args.batch_size, profile_repeats=args.profile_repeats, roofline_batch=args.roofline_batch,
         loss_model=args.loss_model, measure=args.measure, pareto=args.pareto, progress=args.progress,
-        solver=args.solver, seed=args.seed,
+        solver=args.solver, seed=args.seed, **({"force": True} if args.force else {}),
     )
     print(res.summary())
     for n in res.notes:
