@@ -100,7 +100,8 @@ def region_configs(units: Sequence[str], target: Target, max_configs: int = MAX_
     groups = [[u] for u in units]
     configs = singles_prefixes(groups)
     if len(configs) <= max_configs:
-        return configs, True, f"singles+prefixes: all-high, each unit lowered alone, cumulative prefixes in graph order ({len(units)} units, {n_full} full configs)"
+        return configs, True, (f"singles+prefixes: all-high, each unit lowered alone, cumulative prefixes in graph order "
+                               f"({len(units)} units, {n_full} full configs)")
     # tie consecutive units into G groups so that 1 + |lows| * (2G - 1) <= max_configs
     g_count = max(1, (max_configs - 1) // max(1, len(lows)) // 2)
     size = math.ceil(len(units) / g_count)

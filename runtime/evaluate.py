@@ -1,4 +1,4 @@
-"""Measured loss MSE and task metric of plans, in ONNX Runtime, on held-out samples.
+"""Measured loss MSE and task metric of plans, on the target's runtime, on held-out samples.
 
 - :func:`evaluate_models`: one plan model against the reference (the pipeline's validate stage).
 - :class:`PlanEvaluator`: many plans of one annotated model. The reference runs once; each plan
@@ -8,8 +8,12 @@
   ``pareto-greedy`` (AIMET AMP: the loss MSE with only that unit lowered) and neighbour pair terms
   for ``ip-pairs`` (Schaefer: the extra loss of lowering both units beyond the sum of each).
 
-Sessions run Q/DQ unfused (``exact_qdq``): the numbers ONNX defines, not the saturating fused u8s8
-kernels of CPUs without VNNI (see ``ort_session.make_session``).
+Plans are measured on the runtime of the target (``runtime.timing.backend_of``: its
+``measured_backend`` when that one runs here, else ONNX Runtime's CPU provider), in **exact**
+sessions by default: Q/DQ computed as ONNX defines it, so every evaluation is deterministic (ORT:
+``exact_qdq``, unfused, not the saturating fused u8s8 kernels of CPUs without VNNI, see
+``ort_session.make_session``; OpenVINO: ``backend.session(exact=True)``). ``exact=False`` measures
+the real kernels (the pipeline's final figures on OpenVINO).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import onnx_ir as ir
 
 from onnx_amp.core.errors import OnnxAmpError
 from onnx_amp.passes.strategies import get_strategy, measured_strategies
+from onnx_amp.runtime.timing import DEFAULT_BACKEND, backend_of
 
 #: strategies that need measured quantities from a :class:`PlanEvaluator` (from the strategy registry)
 MEASURED_STRATEGIES = measured_strategies()
@@ -36,7 +41,7 @@ def _dense_metric(ref_out: list, plan_out: list) -> dict:
     import torch
 
     r = torch.cat([o.reshape(o.shape[0], -1).double() for o in ref_out])
-    p = torch.cat([o.reshape(o.shape[0], -1).double() for o in plan_out])
+    p = torch.cat([o.reshape(o.shape[0], -1).double() for o in plan_out])  # batch-first (see task_metric)
     noise = float(((p - r) ** 2).sum())
     sqnr = float("inf") if noise == 0 else 10 * math.log10(max(float((r ** 2).sum()), 1e-300) / noise)
     if float(r.min()) >= 0 and float(r.max()) <= 1:
@@ -61,7 +66,11 @@ def task_metric(spec, ref_out: list, plan_out: list, ref_losses: list, plan_loss
         return {"name": "perplexity", "before": float(torch.exp(lr.mean())), "after": float(torch.exp(lp.mean())),
                 "higher_is_better": False}
     if spec.name != "classification":
-        return _dense_metric(ref_out, plan_out)
+        from onnx_amp.runtime.losses import _batch_size, batch_first
+
+        sizes = [_batch_size(b) for b in batches]
+        return _dense_metric([batch_first(o, n) for o, n in zip(ref_out, sizes)],
+                             [batch_first(o, n) for o, n in zip(plan_out, sizes)])
     pr = torch.cat([o.reshape(o.shape[0], -1).argmax(-1) for o in ref_out])
     pp = torch.cat([o.reshape(o.shape[0], -1).argmax(-1) for o in plan_out])
     if all("labels" in b for b in batches):
@@ -72,39 +81,90 @@ def task_metric(spec, ref_out: list, plan_out: list, ref_losses: list, plan_loss
             "after": float((pr == pp).double().mean()), "higher_is_better": True}
 
 
-class _Reference:
-    """The reference model's per-sample losses and outputs on ``batches`` (computed once)."""
+def _session(model: ir.Model, backend: str, exact: bool):
+    if backend == DEFAULT_BACKEND:
+        from onnx_amp.runtime.ort_session import make_session
 
-    def __init__(self, ref_model: ir.Model, batches: list[dict], loss):
+        return make_session(model, exact_qdq=exact)
+    from onnx_amp.runtime.backends import get_backend
+
+    return get_backend(backend).session(model, exact=exact)
+
+
+def _losses(sess, backend: str, batches: list[dict], spec, reference: list | None = None):
+    """([B] per-sample losses, outputs of the loss's output) per batch, on an ORT session or a
+    ``runtime.backends`` session (``ort_session.per_sample_losses`` for ORT, as always)."""
+    import torch
+
+    from onnx_amp.runtime.ort_session import per_sample_losses
+
+    if backend == DEFAULT_BACKEND:
+        return per_sample_losses(sess, batches, spec, reference=reference)
+    losses, outs = [], []
+    for i, batch in enumerate(batches):
+        res = sess.run(batch, [spec.output])
+        out_t = {k: torch.from_numpy(np.asarray(v)) for k, v in res.items()}
+        tb = {k: torch.as_tensor(np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v))
+              for k, v in batch.items()}
+        if reference is not None:
+            tb["reference_logits"] = reference[i]
+        losses.append(spec(out_t, tb).double())
+        outs.append(out_t[spec.output])
+    return losses, outs
+
+
+class _Reference:
+    """The reference model's per-sample losses and outputs on ``batches`` (computed once), on
+    ``backend`` (``exact``: the Q/DQ math as ONNX defines it)."""
+
+    def __init__(self, ref_model: ir.Model, batches: list[dict], loss, backend: str = DEFAULT_BACKEND,
+                 exact: bool = True):
         from onnx_amp.runtime.losses import resolve_loss
-        from onnx_amp.runtime.ort_session import make_session, per_sample_losses
 
         if not batches:
             raise OnnxAmpError("evaluating a plan needs at least one batch of held-out samples")
         self.batches = batches
+        self.backend, self.exact = backend, exact
         self.spec = resolve_loss(loss, ref_model)
-        sess = make_session(ref_model, exact_qdq=True)
+        #: the session of the last plan compared (the pipeline reads what it executed)
+        self.session = None
+        sess = _session(ref_model, backend, exact)
         # unlabeled classification scores the reference against its own prediction (the loss's
         # default), and every plan against the reference's prediction (``compare``)
-        self.losses, self.outputs = per_sample_losses(sess, batches, self.spec)
+        self.losses, self.outputs = _losses(sess, backend, batches, self.spec)
 
     def compare(self, plan_model: ir.Model) -> tuple[float, dict]:
+        self.session = None  # the previous plan's session goes first (a large model's weights twice otherwise)
+        self.session = sess = _session(plan_model, self.backend, self.exact)
+        return self.compare_session(sess)
+
+    def compare_session(self, sess) -> tuple[float, dict]:
+        """(loss MSE, task metric) of a ready session on this reference's backend (a session of
+        another model or toolchain, e.g. an NNCF-quantized model compiled by OpenVINO)."""
         import torch
 
-        from onnx_amp.runtime.ort_session import make_session, per_sample_losses
-
-        sess = make_session(plan_model, exact_qdq=True)
         ref = self.outputs if self.spec.name == "classification" else None
-        p_l, p_o = per_sample_losses(sess, self.batches, self.spec, reference=ref)
+        p_l, p_o = _losses(sess, self.backend, self.batches, self.spec, reference=ref)
         d = (torch.cat(p_l) - torch.cat(self.losses)).double()
         if not torch.isfinite(d).all():
             raise OnnxAmpError("non-finite per-sample loss on the held-out samples; check the data and the plan's formats")
         return float((d ** 2).mean()), task_metric(self.spec, self.outputs, p_o, self.losses, p_l, self.batches)
 
 
-def evaluate_models(ref_model: ir.Model, plan_model: ir.Model, batches: list[dict], loss=None) -> tuple[float, dict]:
-    """(measured loss MSE, task metric dict) of ``plan_model`` against ``ref_model`` on ``batches``."""
-    return _Reference(ref_model, batches, loss).compare(plan_model)
+def evaluate_models(ref_model: ir.Model, plan_model: ir.Model, batches: list[dict], loss=None,
+                    backend: str = DEFAULT_BACKEND, exact: bool = True) -> tuple[float, dict]:
+    """(measured loss MSE, task metric dict) of ``plan_model`` against ``ref_model`` on ``batches``,
+    both run on ``backend`` (``exact``: Q/DQ as ONNX defines it; else the backend's real kernels)."""
+    return _Reference(ref_model, batches, loss, backend, exact).compare(plan_model)
+
+
+def target_lowering(target: Any) -> dict:
+    """The rewrite options of ``target``'s measured backend when that one runs here (what the
+    profiler timed and the pipeline ships), else none (the plain emulate form, evaluated in ORT)."""
+    from onnx_amp.runtime.backends import MEASURED_BACKENDS, get_backend
+
+    name = getattr(target, "measured_backend", None)
+    return dict(get_backend(name).lowering) if name in MEASURED_BACKENDS else {}
 
 
 class PlanEvaluator:
@@ -113,18 +173,19 @@ class PlanEvaluator:
     ``model``: partitioned (and calibrated/profiled) ``ir.Model``; it is not modified (a copy that
     shares the weights takes the plans). ``batches``: held-out input dicts (plus ``labels``).
     ``loss``: anything ``runtime.losses.resolve_loss`` takes (``None`` = detect). ``target``: the
-    target name or object the plans are for (``cpu`` lowers as the profiler timed it).
+    target name or object the plans are for: lowered as the profiler timed it and run, in exact
+    sessions, on its measured backend when that one runs here (``openvino``: OpenVINO), else ORT.
     """
 
     def __init__(self, model: ir.Model, batches: list[dict], loss=None, target: Any = None):
-        from onnx_amp.passes.rewrite import ORT_CPU_LOWERING
         from onnx_amp.core.targets import load_target
 
         self.model = model.clone()
         self.target = load_target(target) if isinstance(target, str) else target
-        backend = getattr(self.target, "measured_backend", None)
-        self.lowering = ORT_CPU_LOWERING if backend == "ort_cpu" else {}
-        self.reference = r = _Reference(self.model, list(batches), loss)
+        self.lowering = target_lowering(self.target)
+        #: the runtime the plans run on (exact sessions: deterministic)
+        self.backend = backend_of(self.target)
+        self.reference = r = _Reference(self.model, list(batches), loss, self.backend, exact=True)
         #: the task metric of the reference itself ("before" is its value)
         self.reference_metric = task_metric(r.spec, r.outputs, r.outputs, r.losses, r.losses, r.batches)
         self.cache: dict[str, dict] = {}

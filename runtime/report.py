@@ -18,7 +18,10 @@
 ``predicted_mse``, ``measured_mse``, ``predicted_gain_s``, ``time_ref_s``, ``time_amp_s``,
 ``measured_gain_s``, ``task`` ({"name", "before", "after", "higher_is_better"}),
 ``pareto`` ([{"strategy", "tau", "predicted_mse", "gain"}]), ``validated`` ([{"predicted_mse",
-"measured_mse", "label"}]), ``stage_seconds`` ({stage: s}), ``files`` ({what: path}), ``notes`` ([str]).
+"measured_mse", "label"}]), ``stage_seconds`` ({stage: s}), ``files`` ({what: path}), ``notes`` ([str]),
+``backend`` (the runtime that measured: ``ORT``, ``OpenVINO``), ``precision_check`` ({"backend",
+"layers", "executed" {precision: layers}, "mismatches" [{layer, node, planned, expected, executed,
+kind, ...}]}: what that runtime really executed, read from its runtime graph).
 """
 
 from __future__ import annotations
@@ -254,15 +257,43 @@ def _summary_table(res: dict, regions: list, unit_prec: dict) -> list[str]:
         f"| measured time, plan ({backend}) | {_ms(res.get('time_amp_s'))} ms |",
         f"| measured time gain | {_ms(res.get('measured_gain_s'))} ms |",
     ]
+    if res.get("time_ref_s") and res.get("time_amp_s"):
+        lines.append(f"| measured speedup over the high-precision model ({backend}) | "
+                     f"{res['time_ref_s'] / res['time_amp_s']:.3f}x |")
     task = res.get("task")
     if task:
-        lines.append(f"| {task.get('name', 'task metric')} before / after | {_fmt(task.get('before'))} / "
+        lines.append(f"| {task.get('name', 'task metric')} before / after ({backend}) | {_fmt(task.get('before'))} / "
                      f"{_fmt(task.get('after'))} |")
+    pc = res.get("precision_check")
+    if pc:
+        lines.append(f"| executed precision: layers not as planned ({backend} {pc.get('source', 'runtime graph')}) | "
+                     f"{len(pc.get('mismatches') or [])} of {pc.get('int8_planned', pc.get('layers'))} |")
     return lines + [""]
+
+
+def _precision_section(res: dict) -> list[str]:
+    """What the runtime really executed, layer by layer where it differs from the plan."""
+    pc = res.get("precision_check")
+    if not pc:
+        return []
+    mm = pc.get("mismatches") or []
+    ran = ", ".join(f"{k}: {v}" for k, v in sorted((pc.get("executed") or {}).items()))
+    what = "INT8-planned layers" if "int8_planned" in pc else "planned layers"
+    lines = ["## executed precision", "",
+             f"The shipped model compiled by {pc.get('backend', res.get('backend'))}; each layer's precision read "
+             f"from its {pc.get('source', 'runtime graph')}. Layers ran as: {ran or 'n/a'}. Not as planned: {len(mm)} "
+             f"of {pc.get('int8_planned', pc.get('layers'))} {what}.", ""]
+    if mm:
+        lines += ["| layer | node | planned | expected | executed | kind |", "|---|---|---|---|---|---|"]
+        lines += [f"| {m.get('layer')} | {m.get('node')} | {m.get('planned')} | {m.get('expected')} | "
+                  f"{m.get('executed')} | {m.get('kind')} |" for m in mm[:200]]
+        lines.append("")
+    return lines
 
 
 def _markdown(res: dict, regions: list, unit_prec: dict, pngs: list[str], region_rows: list) -> list[str]:
     lines = [f"# onnx-amp report: {res.get('model', 'model')}", ""] + _summary_table(res, regions, unit_prec)
+    lines += _precision_section(res)
     for key in pngs:
         lines += [f"## {key.replace('_', ' ')}", "", CAPTIONS[key], "", f"![{key}]({key}.png)", ""]
     if region_rows:

@@ -14,7 +14,10 @@ import importlib
 from onnx_amp.core.errors import OnnxAmpError
 from onnx_amp.runtime.backends.base import Backend, Session
 
-__all__ = ["Backend", "Session", "available_backends", "get_backend", "register"]
+__all__ = ["MEASURED_BACKENDS", "Backend", "Session", "available_backends", "get_backend", "register"]
+
+#: backends that time region configurations and evaluate plans on this machine (``measure``)
+MEASURED_BACKENDS = ("ort_cpu", "openvino_cpu")
 
 _REGISTRY: dict[str, type[Backend]] = {}
 _INSTANCES: dict[str, Backend] = {}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 import os
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import onnx_ir as ir
@@ -26,6 +26,10 @@ class Session(Protocol):
 
     def run(self, feeds: dict[str, Any], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         """Outputs by name for ``feeds`` (extra keys such as ``labels`` are ignored)."""
+        ...
+
+    def runner(self, feeds: dict[str, Any]) -> Callable[[], Any]:
+        """For timing: a call that runs the model once on ``feeds`` (converted once, outputs not copied)."""
         ...
 
 
@@ -61,3 +65,10 @@ class Backend(abc.ABC):
         """Layer node name -> the precision it really ran at (``fp32``, ``bf16``, ``int8``, ...), as
         far as the runtime can tell; empty when it cannot."""
         return {}
+
+    def plan_check(self, model_planned: ir.Model, session: Session) -> dict[str, Any] | None:
+        """What ``session`` (the shipped model, compiled) really executed against the plan of
+        ``model_planned`` (``onnx_amp.precision`` on its layers): ``{"backend", "layers",
+        "executed" ({precision: layers}), "mismatches" ([{...}]), "text"}``; None when the runtime
+        cannot tell."""
+        return None

@@ -29,6 +29,12 @@ runtime graph). Every session here compiles with ``INFERENCE_PRECISION_HINT=f32`
   E4M3 / 0.2% of E5M2 values one FP8 step off the ONNX definition) before a bf16 or f32 kernel.
   With ``bf16_compute`` an FP8 layer runs as a bf16 kernel; its FP8 activations cost extra time.
 
+Two plugin bugs reject some valid mixed BF16/INT8 graphs at compile time (attention snippets with a
+bf16 score MatMul; a bf16 projection's ``Convert`` moved into an f32 attention MatMul when int8
+layers are present): :func:`_compile` retries with ``SNIPPETS_MODE=DISABLE`` and/or an identity
+``Maximum`` after each bf16 -> f32 ``Convert``, only when the plain compile fails, and the session
+says which (``session.fallback``).
+
 So :meth:`OpenVinoCpuBackend.formats` (from the device's ``OPTIMIZATION_CAPABILITIES``) lists
 fp32, bf16 and int8; :data:`EXECUTES_AS` says what each planned format runs as.
 
@@ -70,6 +76,8 @@ CAPABILITY_FORMATS = {"FP32": "fp32", "BF16": "bf16", "FP16": "fp16", "INT8": "i
 EXECUTES_AS = {"fp32": "fp32", "fp16": "fp32", "bf16": "bf16", "int8": "int8", "fp8_e4m3": "bf16", "fp8_e5m2": "bf16"}
 #: the rewrite options giving the graph form OpenVINO runs at the planned precision
 LOWERING = {"bf16_compute": True}
+#: inference threads of a timing session (``timing=True``) when none are given (see :func:`compile_config`)
+TIMING_THREADS = 1
 _WIDTH = {"int8": 8, "fp8_e4m3": 8, "fp8_e5m2": 8, "bf16": 16, "fp16": 16, "fp32": 32}
 _OV_PRECISION = {"f32": "fp32", "bf16": "bf16", "f16": "fp16", "i8": "int8", "u8": "int8",
                  "f8e4m3": "fp8_e4m3", "f8e5m2": "fp8_e5m2"}
@@ -115,13 +123,15 @@ class OpenVinoSession:
         self.graph_info = graph_info
         self.exact = exact
         self._tmpdir = tmpdir  # external data of an in-memory model, alive as long as the session
+        #: compile options added because the default compile failed (see OpenVinoCpuBackend.session)
+        self.fallback: dict | None = None
         self.request = compiled.create_infer_request()
         self._in_ports = _by_onnx_name(compiled.inputs, graph_info.inputs)
         self._out_ports = _by_onnx_name(compiled.outputs, onnx_outputs)
         self.input_names = list(self._in_ports)
         self.output_names = list(self._out_ports)
 
-    def run(self, feeds: dict[str, Any], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+    def _inputs(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
         missing = [n for n in self.input_names if n not in feeds]
         if missing:
             raise OnnxAmpError(f"inputs {missing} missing from the feeds (have {sorted(feeds)})")
@@ -132,7 +142,18 @@ class OpenVinoSession:
                 a = a.detach().cpu().numpy()
             a = np.asarray(a)
             want = self._in_ports[n].get_element_type().to_dtype()
-            data[n] = np.ascontiguousarray(a if a.dtype == want else a.astype(want))
+            a = np.ascontiguousarray(a if a.dtype == want else a.astype(want))
+            # numpy's second int64 (longlong, as ONNX Runtime returns it) is not a type OpenVINO maps
+            data[n] = a if a.dtype.num == np.dtype(a.dtype.str).num else a.view(np.dtype(a.dtype.str))
+        return data
+
+    def runner(self, feeds: dict[str, Any]):
+        # tensors made once (a copy of each input); each call sets them and runs, outputs not copied
+        tensors = {n: _ov().Tensor(a) for n, a in self._inputs(feeds).items()}
+        return lambda r=self.request, t=tensors: r.infer(t, share_inputs=True, share_outputs=True)
+
+    def run(self, feeds: dict[str, Any], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        data = self._inputs(feeds)
         names = outputs or self.output_names
         unknown = [n for n in names if n not in self._out_ports]
         if unknown:
@@ -203,6 +224,15 @@ class _GraphInfo:
         return {v["layer"]: k for k, v in self.nodes.items() if v["layer"]}
 
 
+#: models with more weight bytes than this reach OpenVINO through a temporary file (memory-mapped)
+#: rather than a serialized copy in memory (SmolLM2's bisection: 11.5 GB resident, killed, otherwise)
+_IN_MEMORY_BYTES = 128 * 2**20
+
+
+def _weight_bytes(model: ir.Model) -> int:
+    return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+
+
 def _has_external(model: ir.Model) -> bool:
     return any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values())
 
@@ -213,7 +243,7 @@ def _read(model: ir.Model | str | os.PathLike):
     if isinstance(model, ir.Model):
         info = _GraphInfo.of(model)
         outs = [v.name for v in model.graph.outputs]
-        if not _has_external(model):
+        if not _has_external(model) and _weight_bytes(model) < _IN_MEMORY_BYTES:
             proto = ir.to_proto(model)
             if proto.ByteSize() < 1_800_000_000:
                 try:
@@ -260,9 +290,62 @@ def compile_config(*, exact: bool = False, threads: int | None = None, timing: b
         cfg["INFERENCE_NUM_THREADS"] = int(threads)
     if timing:
         # many compiled models timed in turn in one process: one stream each, threads not pinned
-        # (every model's pool would pin the same cores)
+        # (every model's pool would pin the same cores), and TIMING_THREADS threads unless told: with
+        # the default (all cores) each small region's run wakes its model's own thread pool, and on a
+        # shared 2-core machine (load 9) the FP32 regions of EfficientNet-Lite0 summed to 3.1x the whole
+        # model's time (40.3 vs 13.0 ms), against 1.35x with one thread (22.2 vs 16.4 ms), measured
         cfg["ENABLE_CPU_PINNING"] = False
+        cfg.setdefault("INFERENCE_NUM_THREADS", TIMING_THREADS)
     return cfg
+
+
+def _guard_bf16_converts(ovm) -> int:
+    """After every ``Convert(bf16 -> f32)`` (a bf16-compute layer's output), a ``Maximum(x, -FLT_MAX)``
+    (the identity on finite values; fused into the kernel as a post-op). In place; returns how many."""
+    ops = __import__("openvino.opset13", fromlist=["maximum"])
+    n = 0
+    for op in list(ovm.get_ops()):
+        if op.get_type_name() != "Convert" or op.get_input_element_type(0).get_type_name() != "bf16":
+            continue
+        out = op.output(0)
+        targets = list(out.get_target_inputs())
+        guard = ops.maximum(out, ops.constant(np.float32(np.finfo(np.float32).min)))
+        for t in targets:
+            t.replace_source_output(guard.output(0))
+        n += 1
+    ovm.validate_nodes_and_infer_types()
+    return n
+
+
+def _compile(ovm, cfg: dict[str, Any]):
+    """(compiled model, the workaround used or None). Two plugin bugs of openvino 2026.4.1 (measured)
+    reject valid mixed BF16/INT8 graphs; each workaround is tried only when the plain compile fails:
+
+    - the attention snippets (MHA tokenization) fail on a bf16 score MatMul next to f32 or int8
+      layers ("BrgemmCPU node has incompatible input element types"): ``SNIPPETS_MODE=DISABLE``;
+    - with int8 layers present (low-precision transformations on), the ``Convert(bf16 -> f32)`` after
+      a bf16 projection is moved through its bias Add/Reshape/Transpose into an f32 attention MatMul
+      ("Arguments do not have the same element type (bf16, f32)"): :func:`_guard_bf16_converts`.
+    """
+    core = _core()
+    try:
+        return core.compile_model(ovm, "CPU", cfg), None
+    except Exception as e:  # noqa: BLE001
+        first = e
+    attempts = [({"SNIPPETS_MODE": "DISABLE"}, False), ({}, True), ({"SNIPPETS_MODE": "DISABLE"}, True)]
+    guarded = 0
+    for extra, guard in attempts:
+        if guard and not guarded:
+            guarded = _guard_bf16_converts(ovm)
+            if not guarded:
+                break
+        try:
+            used = dict(extra, **({"bf16_convert_guards": guarded} if guard else {}))
+            return core.compile_model(ovm, "CPU", {**cfg, **extra}), used
+        except Exception:  # noqa: BLE001
+            continue
+    raise OnnxAmpError(f"OpenVINO cannot compile the model for CPU ({_first(first)}); check that its "
+                       "lowering is the backend's (rewrite(..., **backend.lowering))") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,19 +393,20 @@ class OpenVinoCpuBackend(Backend):
             for op in ovm.get_ops():
                 if op.get_type_name() == "Divide":
                     op.get_rt_info()[_EXACT_DIVIDE_KEY] = True
-        try:
-            compiled = _core().compile_model(ovm, "CPU", compile_config(exact=exact, threads=threads, timing=timing))
-        except Exception as e:  # noqa: BLE001
-            raise OnnxAmpError(f"OpenVINO cannot compile the model for CPU ({_first(e)}); "
-                               "check that its lowering is the backend's (rewrite(..., **backend.lowering))") from None
-        return OpenVinoSession(compiled, info, outs, tmpdir, exact)
+        compiled, fallback = _compile(ovm, compile_config(exact=exact, threads=threads, timing=timing))
+        sess = OpenVinoSession(compiled, info, outs, tmpdir, exact)
+        sess.fallback = fallback
+        return sess
 
     def executed_precisions(self, session) -> dict[str, str]:
         return {name: e["compute"] for name, e in executed_layers(session).items()}
+
+    def plan_check(self, model_planned: ir.Model, session) -> dict[str, Any]:
+        return plan_check(model_planned, session)
 
 
 # the parts that live in their own modules, under the names this module has always offered
 from onnx_amp.runtime.backends.openvino_exact import _EXACT_DIVIDE_KEY, exact_qdq  # noqa: E402,F401
 from onnx_amp.runtime.backends.openvino_precision import (  # noqa: E402,F401
-    executed_layers, expected_precision, format_mismatches, precision_mismatches, runtime_ops,
+    executed_layers, expected_precision, format_mismatches, plan_check, precision_mismatches, runtime_ops,
 )

@@ -100,12 +100,14 @@ def executed_layers(session: OpenVinoSession) -> dict[str, dict[str, Any]]:
                     layers.add(owner)
         if not layers and op["layer_type"] in _COMPUTE_TYPES:
             # a matrix kernel named after what it absorbed (the bias Add, with compressed weights whose
-            # Transpose has no name): the weight layer feeding that node
+            # Transpose has no name; the attention scale Mul after a score MatMul): the layer feeding
+            # that node (an activation-activation layer only for a kernel without constant operands)
+            act_act = not any(i["const"] for i in op["inputs"][:2])
             for nm in own:
                 node = info.resolve(nm)
                 for prod in info.producers.get(node, []) if node else []:
                     nd = info.nodes.get(prod, {})
-                    if nd.get("layer") and nd.get("kind") == "weight":
+                    if nd.get("layer") and (nd.get("kind") == "weight" or act_act):
                         layers.add(prod)
         if not layers:
             continue
@@ -121,7 +123,8 @@ def executed_layers(session: OpenVinoSession) -> dict[str, dict[str, Any]]:
         if op["layer_type"] in _COMPUTE_TYPES and len(op["inputs"]) > 1 and op["inputs"][1]["const"]:
             weights = op["inputs"][1]["precision"]
         entry = {"op": op["name"], "layer_type": op["layer_type"], "runtime_precision": op["runtime_precision"],
-                 "primitive": op["primitive"], "compute": compute, "weights": weights}
+                 "primitive": op["primitive"], "compute": compute, "weights": weights,
+                 "_inputs": op["inputs"], "_original": op["original"]}
         for lay in layers:
             if lay not in found or rank < found[lay][0]:
                 found[lay] = (rank, entry)
@@ -130,6 +133,12 @@ def executed_layers(session: OpenVinoSession) -> dict[str, dict[str, Any]]:
                 node = info.resolve(nm)
                 if node:
                     fused_ops.setdefault(node, entry)
+    _fused_act_act(info, found, fused_ops)
+    return {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, (_, v) in found.items()}
+
+
+def _fused_act_act(info, found: dict, fused_ops: dict) -> None:
+    """Activation-activation layers inside fused attention kernels (in place on ``found``)."""
     # an activation-activation layer fused into an attention kernel (snippets "Subgraph", SDPA) may
     # lose its name there (the first attention MatMul does): find it through the nodes it feeds
     # (scale Mul, mask Add, Softmax, the second MatMul), at most 5 steps
@@ -147,7 +156,37 @@ def executed_layers(session: OpenVinoSession) -> dict[str, dict[str, Any]]:
                 break
             if d < 5 and not info.nodes[c]["layer"]:
                 todo += [(cc, d + 1) for cc in info.consumers.get(c, [])]
-    return {k: v for k, (_, v) in found.items()}
+    for name, (rank, e) in list(found.items()):
+        if info.nodes[name]["kind"] == "act_act" and e["layer_type"] in _FUSED_TYPES:
+            c = _fused_act_act_compute(info, name, e)
+            if c is not None and c != e["compute"]:
+                found[name] = (rank, {**e, "compute": c})
+
+
+def _fused_act_act_compute(info, name: str, e: dict) -> str | None:
+    """The precision of one activation-activation layer inside a fused attention kernel (a snippets
+    Subgraph holds both attention MatMuls, and its own precision is that of the first one's operands):
+    int8 when the kernel absorbed Q/DQ inserted for this layer, else the widest precision of the
+    kernel inputs this layer reads (its ONNX operands, up through non-layer ops, at most 4 steps)."""
+    lid = info.nodes[name]["layer"]
+    for nm in e["_original"]:
+        node = info.resolve(nm)
+        nd = info.nodes.get(node or "", {})
+        if nd.get("inserted_for") == lid and nd.get("op") in ("QuantizeLinear", "DequantizeLinear"):
+            return "int8"
+    anc, todo = set(), [(p, 1) for p in info.producers.get(name, [])]
+    while todo:
+        p, d = todo.pop()
+        if p in anc or p not in info.nodes:
+            continue
+        anc.add(p)
+        if d < 4 and (not info.nodes[p]["layer"] or info.nodes[p]["inserted_for"]):
+            todo += [(pp, d + 1) for pp in info.producers.get(p, [])]
+    precs = [i["precision"] for i in e["_inputs"] if not i["const"] and info.resolve(i["name"]) in anc
+             and i["precision"] in _WIDTH]
+    if not precs:
+        return None
+    return max(precs, key=lambda p: _WIDTH[p])
 
 
 def expected_precision(planned: str, kind: str = "weight", strict: bool = False) -> tuple[str, str | None]:
@@ -219,3 +258,18 @@ def format_mismatches(items: list[dict[str, Any]], limit: int = 20) -> str:
     if len(items) > limit:
         lines.append(f"... {len(items) - limit} more")
     return "\n".join(lines)
+
+
+def plan_check(model_planned: ir.Model, session: OpenVinoSession) -> dict[str, Any]:
+    """The executed-precision check of a compiled plan: how many planned layers ran at each compute
+    precision, and every layer that did not run as planned (:func:`precision_mismatches`)."""
+    from collections import Counter
+
+    ran = executed_layers(session)
+    planned = [n.name for n in model_planned.graph.all_nodes()
+               if A.LAYER in n.metadata_props and A.INSERTED_BY not in n.metadata_props
+               and A.PRECISION in n.metadata_props]
+    mm = precision_mismatches(model_planned, session)
+    return {"backend": "openvino_cpu", "layers": len(planned),
+            "executed": dict(Counter(ran[n]["compute"] for n in planned if n in ran)),
+            "mismatches": mm, "text": format_mismatches(mm), "compile_workaround": getattr(session, "fallback", None)}

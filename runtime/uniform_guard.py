@@ -1,0 +1,86 @@
+"""The plan against the uniform formats, end to end, before it ships (backends other than ORT).
+
+The solver adds region gains. On OpenVINO a format's end-to-end gain differs from the sum of its
+region gains (kernels fuse across region boundaries; region timings on a loaded machine are noisy),
+so the solver's mixed plan can be slower than a uniform format that also meets the accuracy bound
+(SmolLM2: plan 1.59x, uniform BF16 1.71x over FP32, both within 1 % perplexity; measured). Before
+the rewrite, :func:`uniform_guard` evaluates each uniform low format (every unit in it, as far as the
+gain table allows) with the run's plan evaluator (the accuracy bound, exact sessions), times the
+plan and the uniform plans that meet the bound side by side on the target's backend, and keeps the
+plan unless a uniform one is faster by more than ``MARGIN``. Nothing changes for ORT (``cpu``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MARGIN = 0.03
+
+
+def uniform_solution(problem, fmt: str, like) -> Any | None:
+    """The solver's Solution for "every unit in ``fmt``" (units the table keeps high stay high);
+    None when a region has no such configuration."""
+    from onnx_amp.passes.strategies import Solution, make_plan
+
+    high = tuple(problem.high)
+    sel = []
+    for r in problem.regions:
+        best, n_best = None, -1
+        for i, cfg in enumerate(r.configs):
+            a = [tuple(x) for x in cfg.assign.values()]
+            if all(x in ((fmt, fmt), high) for x in a) and sum(x == (fmt, fmt) for x in a) > n_best:
+                best, n_best = i, sum(x == (fmt, fmt) for x in a)
+        if best is None:
+            return None
+        sel.append(best)
+    g, d = problem.totals(sel, like.metric)
+    sol = Solution(f"uniform-{fmt}", like.metric, like.tau, sel, g, d, True, 0.0)
+    sol.plan = make_plan(problem, sol)
+    return sol
+
+
+def _within(metric_after: float, ref: dict, drop: float) -> bool:
+    before = ref["before"]
+    lost = (before - metric_after) if ref["higher_is_better"] else (metric_after - before)
+    return lost <= drop * abs(before) + 1e-12
+
+
+def uniform_guard(st) -> str | None:
+    """Replace ``st.solution`` (and the plan on ``st.model``) by the fastest uniform plan within the
+    accuracy bound when it beats the plan end to end; returns a note saying what was measured."""
+    from onnx_amp.passes.plan import ApplyPlanPass
+    from onnx_amp.passes.rewrite import rewrite
+    from onnx_amp.passes.solve import plan_object
+    from onnx_amp.runtime.timing import backend_of, time_model
+
+    c, ev = st.config, st.evaluator
+    cands = []
+    for f in st.target.low_formats:
+        sol = uniform_solution(st.problem, f, st.solution)
+        if sol is None or sol.plan["units"] == st.solution.plan.get("units"):
+            continue
+        after = ev.evaluate(sol.plan["units"])["metric"]["after"]
+        if _within(after, ev.reference_metric, c.accuracy_drop):
+            cands.append((sol, after))
+    if not cands:
+        return None
+    models = [rewrite(st.model, "emulate", **st.lowering)[0]]
+    for sol, _ in cands:
+        m = st.model.clone()
+        ApplyPlanPass(plan_object(sol), target=st.target)(m)
+        models.append(rewrite(m, "emulate", **st.lowering)[0])
+    first = {k: v[:1] for k, v in st.val.items()}
+    feeds = {i.name: first[i.name] for i in st.model.graph.inputs if i.name in first}
+    tm = time_model(models, feeds, repeats=max(5, c.profile_repeats), seed=c.seed, backend=backend_of(st.target),
+                    min_round_s=0.05)
+    times = [tm.summary(i)["time_s"] for i in range(len(models))]
+    best = min(range(1, len(models)), key=lambda i: times[i])
+    what = ", ".join(f"{s.strategy} {times[i + 1] * 1e3:.3f} ms ({ev.metric_name} {a:.4g})"
+                     for i, (s, a) in enumerate(cands))
+    if times[best] < times[0] * (1 - MARGIN):
+        sol = cands[best - 1][0]
+        ApplyPlanPass(plan_object(sol), target=st.target)(st.model)
+        st.solution = sol
+        return (f"shipped {sol.strategy}: within the accuracy bound and faster end to end than the solver's plan "
+                f"({times[0] * 1e3:.3f} ms): {what}")
+    return f"kept the solver's plan ({times[0] * 1e3:.3f} ms end to end) against the uniform plans within the bound: {what}"
