@@ -9,6 +9,23 @@ THE one place that turns calibration figures into a predicted loss MSE; every st
   activations (``gsq_a * (amax_a/127)^2 / 12``), with ``gsq = mean_n ||dL_n/dx||^2``.
 - act_act layers (attention's Q.K^T, P.V): both operands take the activation format.
 
+The loss models (``loss_model`` of ``runtime.pipeline.RunConfig``; the annotations a calibration
+wrote select the model, so every stage predicts with the same one):
+
+- ``ideal``: the formulas above (the paper's alpha model).
+- ``measured``: each operand's actual first-order error at the rewrite's scales,
+  ``v = mean_n (sum_i g_i e_i)^2`` (``runtime.calibrate.measure_format_errors``), plus the INT8
+  output ``Q -> DQ`` the target's lowering puts after a layer (slot ``y``: the CPU lowering's Conv
+  output Q). Additive: ``MSE = V = sum v``.
+- ``shift`` (default): the measured variance terms plus each operand's second-order *mean* loss
+  change ``mu = E[dL]`` (the Gauss-Newton curvature of the cross-entropy, from a probe backward in
+  the same pass): quantization noise raises the loss on average, and those shifts add up
+  coherently across layers while the first-order terms add as variances, so
+  ``MSE = V + M^2`` with ``V = sum v`` and ``M = sum mu``. For a causal LM, whose per-sample loss
+  is a mean over T tokens, ``mu`` is about T/2 times larger relative to ``v`` than for a
+  classifier: the ``M^2`` term dominates long windows. Not additive: the solver handles it
+  exactly (``passes.ip``).
+
 ``layer_stats_from_model(model)`` reads the calibration annotations (``onnx_amp.sens.*``,
 ``onnx_amp.amax.*``) back into :class:`LayerStats`.
 """
@@ -27,6 +44,8 @@ from onnx_amp.core.formats import Format, get_format
 from onnx_amp.core.errors import OnnxAmpError
 
 INT8_LEVELS = 127.0
+#: the loss models, in the order they were built (``measured`` and ``shift`` need the second pass)
+LOSS_MODELS = ("ideal", "measured", "shift")
 
 
 @dataclass
@@ -50,8 +69,12 @@ class LayerStats:
     weight_axis: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. measured per-format error terms
 
+    def _is_int8(self, wf: Format, af: Format) -> bool:
+        return af.is_int and (self.kind == "act_act" or wf.is_int)
+
     def operand_terms(self, weight_fmt: str | Format, act_fmt: str | Format) -> dict[str, float]:
-        """Predicted loss MSE contribution of each operand: {'w'|'a'|'b': value}."""
+        """Predicted loss MSE contribution of each operand: {'w'|'a'|'b'|'y': value} (``y``: the INT8
+        output Q the target's lowering adds, when the calibration measured it)."""
         wf = weight_fmt if isinstance(weight_fmt, Format) else get_format(weight_fmt)
         af = act_fmt if isinstance(act_fmt, Format) else get_format(act_fmt)
         out = {"a": _act_term(self.s_a, self.gsq_a, self.amax_a, af, self.extra.get("a"))}
@@ -59,6 +82,23 @@ class LayerStats:
             out["b"] = _act_term(self.s_b, self.gsq_b, self.amax_b, af, self.extra.get("b"))
         else:
             out["w"] = _weight_term(self, wf)
+        y = self.extra.get("y")
+        if y and self._is_int8(wf, af) and af.name in y:
+            out["y"] = float(y[af.name])
+        return out
+
+    def shift_terms(self, weight_fmt: str | Format, act_fmt: str | Format) -> dict[str, float]:
+        """Second-order mean loss change of each operand (``shift`` model; empty without it)."""
+        sh = self.extra.get("shift")
+        if not sh:
+            return {}
+        wf = weight_fmt if isinstance(weight_fmt, Format) else get_format(weight_fmt)
+        af = act_fmt if isinstance(act_fmt, Format) else get_format(act_fmt)
+        fmts = {"a": af, "b": af, "w": wf}
+        out = {slot: float(sh[slot][fmts[slot].name]) for slot in ("a", "b", "w")
+               if slot in sh and fmts[slot].name in sh[slot]}
+        if "y" in sh and self._is_int8(wf, af) and af.name in sh["y"]:
+            out["y"] = float(sh["y"][af.name])
         return out
 
 
@@ -87,8 +127,27 @@ def _weight_term(st: LayerStats, f: Format) -> float:
 
 
 def predicted_mse(stats: LayerStats, weight_fmt: str | Format, act_fmt: str | Format) -> float:
-    """Predicted loss MSE of one layer under the assignment (weight format, activation format)."""
+    """The additive part of one layer's predicted loss MSE under (weight format, activation format):
+    its variance term ``v`` (the whole prediction under the ``ideal`` and ``measured`` models)."""
     return float(sum(stats.operand_terms(weight_fmt, act_fmt).values()))
+
+
+def predicted_shift(stats: LayerStats, weight_fmt: str | Format, act_fmt: str | Format) -> float:
+    """One layer's second-order mean loss change ``mu`` (0 unless the calibration measured it)."""
+    return float(sum(stats.shift_terms(weight_fmt, act_fmt).values()))
+
+
+def combine(variance: float, shift: float) -> float:
+    """A plan's predicted loss MSE from its summed variance terms and summed mean shifts."""
+    return float(variance + shift * shift)
+
+
+def loss_model_of(stats: Mapping[str, LayerStats]) -> str:
+    """Which loss model the calibration figures carry: ``shift``, ``measured`` or ``ideal``."""
+    extras = [st.extra for st in stats.values() if st.extra]
+    if any("shift" in e for e in extras):
+        return "shift"
+    return "measured" if extras else "ideal"
 
 
 def _as_pair(v: Any) -> tuple[str, str]:
@@ -102,7 +161,9 @@ def _as_pair(v: Any) -> tuple[str, str]:
 
 def plan_predicted_mse(model_or_stats: ir.Model | Mapping[str, LayerStats], plan_units: Mapping[str, Any],
                        default: tuple[str, str] | None = ("fp32", "fp32"), by_layer: bool = False) -> float:
-    """Predicted loss MSE of a plan: sum over layers of :func:`predicted_mse`.
+    """Predicted loss MSE of a plan: ``V + M^2``, the sum over layers of :func:`predicted_mse` plus
+    the square of the summed :func:`predicted_shift` (0 unless the ``shift`` model was calibrated).
+    ``by_layer``: also each layer's variance term.
 
     ``plan_units`` maps unit ids (``U3``) or layer ids (``L7``) to ``(weight, activation)``
     (a tuple, ``{"weight":..,"activation":..}`` or ``"w=..,a=.."``); a full plan dict with a
@@ -130,14 +191,16 @@ def plan_predicted_mse(model_or_stats: ir.Model | Mapping[str, LayerStats], plan
                 f"plan names {key!r}, which is neither a unit nor a layer with calibration figures "
                 f"(known units: {len(units)}, layers: {len(stats)}); was the model calibrated after partitioning?"
             )
-    total = 0.0
+    variance, shift = 0.0, 0.0
     per = {}
     for lid, st in stats.items():
         pair = assign.get(lid, default)
         if pair is None:
             continue
         per[lid] = predicted_mse(st, *pair)
-        total += per[lid]
+        variance += per[lid]
+        shift += predicted_shift(st, *pair)
+    total = combine(variance, shift)
     return (total, per) if by_layer else total
 
 

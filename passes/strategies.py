@@ -289,6 +289,7 @@ def make_plan(problem: Problem, sol: Solution) -> dict:
         "units": units,
         "regions": {problem.regions[gi].id: ci for gi, ci in enumerate(sol.selection)},
         "predicted_mse": sol.predicted_mse,
+        **({"predicted_shift": problem.parts(sol.selection)[1]} if problem.has_shift else {}),
         "predicted_gain": gains,
         "feasible": sol.feasible,
         **({"solver": sol.solver} if sol.solver else {}),

@@ -54,6 +54,10 @@ class CalibrationResult:
     mean_loss: float = float("nan")
     seconds: float = 0.0
     source: str = ""
+    #: per-sample first-order loss changes {(layer, slot, format): t[N]} (``measure_format_errors``)
+    terms: dict[tuple[str, str, str], np.ndarray] = field(default_factory=dict, repr=False)
+    curv_terms: dict[tuple[str, str, str], np.ndarray] = field(default_factory=dict, repr=False)
+    spec: LossSpec | None = field(default=None, repr=False)  # the resolved loss (reused by the second pass)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -251,18 +255,8 @@ def _to_torch(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
 
 
-def calibrate(model: ir.Model, data: Any, loss: Any = None, batch_size: int = 8, max_samples: int | None = None,
-              tokenizer: Any = None, seq_len: int = 128, output_name: str | None = None,
-              chunk_bytes: int = CHUNK_BYTES, progress: bool = True, torch_graph: TorchGraph | None = None) -> CalibrationResult:
-    """Per-layer Taylor sensitivities of ``model`` over ``data`` (see module docstring).
-
-    ``model`` gets partitioned in place first if it has no ``onnx_amp.layer`` annotations.
-    ``loss``: None/"auto", "causal_lm", "classification", or ``fn(output, batch) -> [B]``.
-    """
-    t0 = time.perf_counter()
-    ensure_partitioned(model)
-    cdata: CalibrationData = load_calibration_data(data, model, tokenizer=tokenizer, seq_len=seq_len, max_samples=max_samples)
-    tg = torch_graph or TorchGraph(model, fallback=True)
+def _accumulators(model: ir.Model, tg: TorchGraph) -> tuple[dict[str, _Acc], list[dict[str, str]]]:
+    """One :class:`_Acc` per layer the torch graph can run; the others listed as unmatched."""
     graph_nodes = {n.name: n for n in tg.nodes}
     accs: dict[str, _Acc] = {}
     unmatched: list[dict[str, str]] = []
@@ -278,49 +272,27 @@ def calibrate(model: ir.Model, data: Any, loss: Any = None, batch_size: int = 8,
             unmatched.append({"layer": lid, "node": node.name, "reason": f"weight input {wi} not supported"})
             continue
         accs[lid] = _Acc(lid, graph_nodes[node.name], kind, wi, wa)
-    cal = _Calibrator(tg, accs, chunk_bytes)
-    spec: LossSpec | None = None if not isinstance(loss, LossSpec) else loss
-    total = cdata.num_samples if max_samples is None else min(max_samples, cdata.num_samples)
-    n_seen, n_batches, loss_sum = 0, 0, 0.0
-    bar = tqdm(total=total, desc="onnx-amp calibrate", unit="sample", disable=not progress)
-    for bi, batch in enumerate(cdata.batches(batch_size, max_samples)):
-        feeds = {k: v for k, v in batch.items() if k != "labels"}
-        tb = _to_torch(batch)
-        B = int(next(iter(feeds.values())).shape[0])
-        cal.B = B
-        for a in accs.values():
-            a.inputs = {}
-        with torch.enable_grad():
-            outs = tg(_to_torch(feeds), operand_hook=cal.operand_hook, output_hook=cal.output_hook)
-            if spec is None:
-                spec = resolve_loss(loss, model, output_name, sample_outputs=outs)
-            L = spec(outs, tb)
-            if L.shape[0] != B:
-                raise OnnxAmpError(f"loss {spec.name} returned {L.shape[0]} values for a batch of {B} samples")
-            if not torch.isfinite(L).all():
-                bad = [i for i in range(B) if not math.isfinite(float(L[i].detach()))]
-                raise OnnxAmpError(
-                    f"calibration batch {bi} (samples {n_seen}..{n_seen + B - 1}): loss is NaN/Inf for sample(s) "
-                    f"{[n_seen + i for i in bad][:8]}; check the data (e.g. padding-only rows, out-of-vocabulary ids) "
-                    "and the model"
-                )
-            if not L.requires_grad:
-                raise OnnxAmpError("the loss does not depend on any layer of the model (no gradient); check output_name/loss")
-            L.sum().backward()
-        loss_sum += float(L.detach().double().sum())
-        n_seen += B
-        n_batches += 1
-        bar.update(B)
-        for a in accs.values():
-            a.inputs = {}
-    bar.close()
-    if n_seen == 0:
-        raise OnnxAmpError("calibration data yielded no samples")
-    upstream = {n.name for n in tg.layers_upstream_of_opaque()} if getattr(tg, "opaque_nodes", None) else set()
-    for a in accs.values():
-        if a.node.name in upstream and not a.error:
-            a.error = (f"its gradient passes through node(s) {', '.join(tg.opaque_nodes[:3])} that the interpreter "
-                       "runs without gradient; kept in high precision")
+    return accs, unmatched
+
+
+def _check_loss(L: torch.Tensor, spec: LossSpec, B: int, bi: int, n_seen: int) -> None:
+    """A calibration batch's per-sample loss: one finite value per sample, depending on the layers."""
+    if L.shape[0] != B:
+        raise OnnxAmpError(f"loss {spec.name} returned {L.shape[0]} values for a batch of {B} samples")
+    if not torch.isfinite(L).all():
+        bad = [i for i in range(B) if not math.isfinite(float(L[i].detach()))]
+        raise OnnxAmpError(
+            f"calibration batch {bi} (samples {n_seen}..{n_seen + B - 1}): loss is NaN/Inf for sample(s) "
+            f"{[n_seen + i for i in bad][:8]}; check the data (e.g. padding-only rows, out-of-vocabulary ids) "
+            "and the model"
+        )
+    if not L.requires_grad:
+        raise OnnxAmpError("the loss does not depend on any layer of the model (no gradient); check output_name/loss")
+
+
+def _layer_stats(accs: dict[str, _Acc], n_seen: int, unmatched: list[dict[str, str]]
+                 ) -> tuple[dict[str, LayerStats], list[str]]:
+    """The accumulated sums as per-sample means (:class:`LayerStats`); failed layers join ``unmatched``."""
     layers: dict[str, LayerStats] = {}
     no_grad: list[str] = []
     for lid, a in accs.items():
@@ -341,114 +313,60 @@ def calibrate(model: ir.Model, data: Any, loss: Any = None, batch_size: int = 8,
             st.gsq_w = (a.gsq_w / n_seen).numpy() if a.gsq_w is not None else (
                 np.zeros_like(st.amax_w) if st.amax_w is not None else None)
         layers[lid] = st
-    return CalibrationResult(
-        layers=layers, unmatched=unmatched, no_gradient=no_grad, samples=n_seen, batches=n_batches,
-        loss=spec.to_json() if spec else {}, mean_loss=loss_sum / n_seen, seconds=time.perf_counter() - t0,
-        source=cdata.source, opaque=list(getattr(tg, "opaque_nodes", [])),
-    )
+    return layers, no_grad
 
 
-def measure_format_errors(model: ir.Model, data: Any, result: CalibrationResult, formats: list[str],
-                          batch_size: int = 8, max_samples: int | None = None, loss: Any = None,
-                          output_name: str | None = None, torch_graph: TorchGraph | None = None,
-                          progress: bool = True) -> CalibrationResult:
-    """The "actual error" loss model: a second forward+backward pass that, for each layer operand and
-    each format f, accumulates ``mean_n (sum_i g_i e_i)^2`` with ``e = Q_f(x) - x`` the operand's *actual*
-    rounding error under the rewrite's scales (per-tensor calibration amax for activations, per-channel
-    for weights), instead of the ideal ``alpha_f * S``. For a weight, ``sum_i gW_i e_i`` is taken as
-    ``<dL/dY, f(A, W + e) - f(A, W)>`` (exact for a layer linear in W). Results go to
-    ``LayerStats.extra = {"a"|"w"|"b": {format: term}}`` (annotation ``onnx_amp.sens.measured``), which
-    :func:`onnx_amp.passes.lossmodel.predicted_mse` then prefers over the ideal formula.
+def _mark_opaque_upstream(tg: TorchGraph, accs: dict[str, _Acc]) -> None:
+    upstream = {n.name for n in tg.layers_upstream_of_opaque()} if getattr(tg, "opaque_nodes", None) else set()
+    for a in accs.values():
+        if a.node.name in upstream and not a.error:
+            a.error = (f"its gradient passes through node(s) {', '.join(tg.opaque_nodes[:3])} that the interpreter "
+                       "runs without gradient; kept in high precision")
+
+
+def calibrate(model: ir.Model, data: Any, loss: Any = None, batch_size: int = 8, max_samples: int | None = None,
+              tokenizer: Any = None, seq_len: int = 128, output_name: str | None = None,
+              chunk_bytes: int = CHUNK_BYTES, progress: bool = True, torch_graph: TorchGraph | None = None) -> CalibrationResult:
+    """Per-layer Taylor sensitivities of ``model`` over ``data`` (see module docstring).
+
+    ``model`` gets partitioned in place first if it has no ``onnx_amp.layer`` annotations.
+    ``loss``: None/"auto", "causal_lm", "classification", or ``fn(output, batch) -> [B]``; the
+    resolved :class:`LossSpec` is kept on the result (``spec``) so later passes use the same loss.
     """
-    from onnx_amp.runtime.fakequant import apply_operand_format
-    from onnx_amp.runtime.torch_graph import OPS
-
-    fmts = list(formats)
-    cdata = load_calibration_data(data, model, max_samples=max_samples)
+    t0 = time.perf_counter()
+    ensure_partitioned(model)
+    cdata: CalibrationData = load_calibration_data(data, model, tokenizer=tokenizer, seq_len=seq_len, max_samples=max_samples)
     tg = torch_graph or TorchGraph(model, fallback=True)
-    by_node = {st.node: st for st in result.layers.values()}
-    sums: dict[str, dict[str, dict[str, float]]] = {lid: {} for lid in result.layers}
-    wq_cache: dict[tuple[str, str], torch.Tensor] = {}
-    spec: LossSpec | None = loss if isinstance(loss, LossSpec) else None
-    n_seen = 0
-    state = {"B": 1, "inputs": {}}
-
-    def add(lid, slot, f, per_sample):
-        d = sums[lid].setdefault(slot, {})
-        d[f] = d.get(f, 0.0) + float((per_sample.double() ** 2).sum())
-
-    def operand_hook(node, j, t):
-        st = by_node.get(node.name)
-        if st is None:
-            return t
-        state["inputs"].setdefault(node.name, {})[j] = t.detach()
-        if j >= 2:
-            return t
-        w_index = None if st.kind == "act_act" else int(node.metadata_props.get(A.WEIGHT_INPUT, "1"))
-        if w_index is not None and j == w_index:
-            return t
-        slot = ("a" if j == 0 else "b") if st.kind == "act_act" else "a"
-        amax = st.amax_a if slot == "a" else st.amax_b
-        x = t.detach()
-        errs = {f: (apply_operand_format(x, f, amax=amax) - x) for f in fmts}
-        t2 = t.view_as(t) if t.requires_grad else t.detach().requires_grad_(True)
-        B = state["B"]
-
-        def hook(g, lid=st.layer, slot=slot, errs=errs, B=B):
-            gs = _per_sample(g.detach(), B).float()
-            for f, e in errs.items():
-                add(lid, slot, f, (gs * _per_sample(e, B).float()).sum(1))
-
-        t2.register_hook(hook)
-        return t2
-
-    def output_hook(node, j, y):
-        st = by_node.get(node.name)
-        if st is None or j != 0 or st.kind != "weight" or not y.requires_grad:
-            return y
-        wi = int(node.metadata_props.get(A.WEIGHT_INPUT, "1"))
-        axis = int(node.metadata_props.get(A.WEIGHT_AXIS, "-1"))
-        ins = dict(state["inputs"].get(node.name, {}))
-        y0 = y.detach()
-        B = state["B"]
-        dys = {}
-        for f in fmts:
-            key = (node.name, f)
-            if key not in wq_cache:
-                wq_cache[key] = apply_operand_format(ins[wi], f, axis=axis)
-            args = [ins.get(k) for k in range(len(node.inputs))]
-            args[wi] = wq_cache[key]
-            with torch.no_grad():
-                dys[f] = OPS[node.op_type](node, args) - y0
-        y2 = y.view_as(y)
-
-        def hook(g, lid=st.layer, dys=dys, B=B):
-            gs = _per_sample(g.detach(), B).float()
-            for f, dy in dys.items():
-                add(lid, "w", f, (gs * _per_sample(dy, B).float()).sum(1))
-
-        y2.register_hook(hook)
-        return y2
-
+    accs, unmatched = _accumulators(model, tg)
+    cal = _Calibrator(tg, accs, chunk_bytes)
+    spec: LossSpec | None = None if not isinstance(loss, LossSpec) else loss
     total = cdata.num_samples if max_samples is None else min(max_samples, cdata.num_samples)
-    bar = tqdm(total=total, desc="onnx-amp measured errors", unit="sample", disable=not progress)
+    n_seen, n_batches, loss_sum = 0, 0, 0.0
+    bar = tqdm(total=total, desc="onnx-amp calibrate", unit="sample", disable=not progress)
     for bi, batch in enumerate(cdata.batches(batch_size, max_samples)):
         feeds = {k: v for k, v in batch.items() if k != "labels"}
-        B = int(next(iter(feeds.values())).shape[0])
-        state["B"] = B
-        state["inputs"] = {}
+        cal.B = B = int(next(iter(feeds.values())).shape[0])
+        for a in accs.values():
+            a.inputs = {}
         with torch.enable_grad():
-            outs = tg(_to_torch(feeds), operand_hook=operand_hook, output_hook=output_hook)
+            outs = tg(_to_torch(feeds), operand_hook=cal.operand_hook, output_hook=cal.output_hook)
             if spec is None:
                 spec = resolve_loss(loss, model, output_name, sample_outputs=outs)
             L = spec(outs, _to_torch(batch))
-            if not torch.isfinite(L).all():
-                raise OnnxAmpError(f"measured-error pass batch {bi}: loss is NaN/Inf")
+            _check_loss(L, spec, B, bi, n_seen)
             L.sum().backward()
-        n_seen += B
+        loss_sum += float(L.detach().double().sum())
+        n_seen, n_batches = n_seen + B, n_batches + 1
         bar.update(B)
+        for a in accs.values():
+            a.inputs = {}
     bar.close()
-    state["inputs"] = {}
-    for lid, st in result.layers.items():
-        st.extra = {slot: {f: v / n_seen for f, v in d.items()} for slot, d in sums[lid].items()}
-    return result
+    if n_seen == 0:
+        raise OnnxAmpError("calibration data yielded no samples")
+    _mark_opaque_upstream(tg, accs)
+    layers, no_grad = _layer_stats(accs, n_seen, unmatched)
+    return CalibrationResult(
+        layers=layers, unmatched=unmatched, no_gradient=no_grad, samples=n_seen, batches=n_batches,
+        loss=spec.to_json() if spec else {}, mean_loss=loss_sum / n_seen, seconds=time.perf_counter() - t0,
+        source=cdata.source, opaque=list(getattr(tg, "opaque_nodes", [])), spec=spec,
+    )

@@ -217,11 +217,12 @@ class TorchGraph(torch.nn.Module):
     def layer_nodes(self) -> list[ir.Node]:
         return [n for n in self.nodes if n.op_type in self.hook_ops]
 
-    def layers_upstream_of_opaque(self) -> list[ir.Node]:
+    def layers_upstream_of_opaque(self, outputs: Iterable[str] | None = None) -> list[ir.Node]:
         """Layer nodes (``hook_ops``) whose gradient must pass through an opaque node to reach the
-        graph outputs: those upstream of an opaque node that itself feeds an output. A node whose
-        subgraph holds an opaque node counts as opaque. Complete once a forward pass has run (an op
-        can turn out unsupported only for the attributes / types it meets at run time)."""
+        graph outputs (``outputs``: only these, e.g. the one the loss reads; default all): those
+        upstream of an opaque node that itself feeds one of them. A node whose subgraph holds an
+        opaque node counts as opaque. Complete once a forward pass has run (an op can turn out
+        unsupported only for the attributes / types it meets at run time)."""
         opaque_ids = set(self._opaque)
         producer: dict[str, ir.Node] = {}
         for n in self.nodes:
@@ -250,8 +251,9 @@ class TorchGraph(torch.nn.Module):
                         stack.append(p)
             return seen
 
-        feeding = ancestors(producer[o] for o in self.output_names if o in producer)
-        feeding |= {id(producer[o]) for o in self.output_names if o in producer}
+        roots = [o for o in (self.output_names if outputs is None else outputs) if o in producer]
+        feeding = ancestors(producer[o] for o in roots)
+        feeding |= {id(producer[o]) for o in roots}
         opaque = [n for n in self.nodes if holds_opaque(n) and id(n) in feeding]
         up = ancestors(opaque)
         return [n for n in self.nodes if id(n) in up and n.op_type in self.hook_ops]
