@@ -8,7 +8,7 @@ split and its results combined:
   (:func:`shard`), calibrates it, and :func:`reduce_calibration` combines the per-layer figures:
   means weighted by sample counts, maxima by max, so every rank holds the result the single
   process computes (to floating-point summation order). The measured-error pass
-  (``calibrate.measure_format_errors``) runs after that first reduction, since its rounding uses
+  (``format_errors.measure_format_errors``) runs after that first reduction, since its rounding uses
   the maxima of *all* samples, and is reduced again;
 - **plan evaluations** (pareto-greedy's units, ip-pairs' pairs, any list of independent plans):
   :func:`map_items` runs item ``i`` on rank ``i % world``, gathers, and returns the results in

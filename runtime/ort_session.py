@@ -3,7 +3,8 @@
 - ``make_session(model_or_path, optimize=True, threads=None)``: CPU EP. When the model has FP8
   Q/DQ, ``disabled_optimizers=["QDQSelectorActionTransformer", "ReluQuantRewrite"]`` ALWAYS (ORT's
   QDQ fusions turn FP8 DQ->MatMul into integer kernels: before onnxruntime 1.32 the session
-  failed to build; 1.32.0 builds it and returns wrong logits; see tests/test_ort_session.py); otherwise ORT's default optimizations, so INT8 Q/DQ fuses into
+  failed to build; 1.32.0 builds it and returns wrong logits; see tests/test_ort_session.py);
+  otherwise ORT's default optimizations, so INT8 Q/DQ fuses into
   MatMulIntegerToFloat / QLinearMatMul / QLinearConv. In-memory models with external data are
   saved to a temporary folder first (kept alive with the session).
   INT8 Q/DQ models run without CommonSubexpressionElimination (see INT8_DISABLED_OPTIMIZERS).

@@ -46,6 +46,7 @@ from typing import Any
 import onnx_ir as ir
 
 from onnx_amp.core.errors import OnnxAmpError
+from onnx_amp.runtime.backends import MEASURED_BACKENDS as _BACKENDS_HERE
 from onnx_amp.runtime.stages import STAGES, RunState, predicted_gain_s
 
 # With no bound given, the plan must keep the task metric within 1 % of the original, found by
@@ -89,6 +90,7 @@ class RunConfig:
     verbose: bool = True
     solver: str | None = None
     seed: int = 0
+    force: bool = False  # go on when calibration gives all-zero losses or sensitivities
 
     def validate(self) -> None:
         given = [x is not None for x in (self.tau, self.tau_relative, self.accuracy_drop)]
@@ -109,9 +111,11 @@ class RunConfig:
             v = getattr(self, nm)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise OnnxAmpError(f"{nm}={v}: must be a whole number >= 1")
-        if self.loss_model not in ("measured", "ideal"):
-            raise OnnxAmpError(f"unknown loss_model {self.loss_model!r}; use 'measured' (actual rounding error) "
-                               "or 'ideal' (alpha)")
+        from onnx_amp.passes.lossmodel import LOSS_MODELS
+
+        if self.loss_model not in LOSS_MODELS:
+            raise OnnxAmpError(f"unknown loss_model {self.loss_model!r}; use 'shift' (actual rounding error plus the "
+                               "mean loss shift), 'measured' (actual rounding error) or 'ideal' (alpha)")
         from onnx_amp.passes.problem import normalize_metric
         from onnx_amp.passes.solver_backend import canonical_solver
         from onnx_amp.passes.strategies import get_strategy
@@ -144,28 +148,46 @@ class Result:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     model: ir.Model | None = field(default=None, repr=False)  # the planned (annotated) model
+    #: the runtime that measured loss MSE, task metric and time (``runtime.backends`` name)
+    backend: str = "ort_cpu"
+    #: what that runtime really executed vs the plan (``Backend.plan_check``; None where it cannot tell)
+    precision_check: dict[str, Any] | None = None
 
     def summary(self) -> str:
         def ms(x):
             return "n/a" if x is None else f"{x * 1e3:.3f} ms"
 
+        who = BACKEND_LABELS.get(self.backend, self.backend)
         lowered = len(self.plan.get("units", {}))
         lines = [
             f"onnx-amp {self.name}: target {self.target}, strategy {self.strategy}, metric {self.metric}, tau {self.tau:.4g}",
             f"  plan: {lowered} unit(s) lowered; units per format: {self.plan.get('_formats', {})}",
-            f"  loss MSE   predicted {self.predicted_mse:.4g}   measured {self.measured_mse:.4g} (ORT, held-out)",
+            f"  loss MSE   predicted {self.predicted_mse:.4g}   measured {self.measured_mse:.4g} ({who}, held-out)",
             f"  time gain  predicted {ms(self.predicted_gain_s)}   measured {ms(self.measured_gain_s)} "
-            f"(high {ms(self.time_ref_s)} -> plan {ms(self.time_amp_s)}, emulate form on ORT CPU)",
+            f"(high {ms(self.time_ref_s)} -> plan {ms(self.time_amp_s)}, {_FORM.get(self.backend, 'emulate form on ' + who)})",
         ]
+        if self.time_ref_s and self.time_amp_s:
+            lines[-1] += f"; {self.time_ref_s / self.time_amp_s:.2f}x"
         if self.task:
-            lines.append(f"  {self.task['name']}: {self.task['before']:.4g} -> {self.task['after']:.4g}")
+            lines.append(f"  {self.task['name']}: {self.task['before']:.4g} -> {self.task['after']:.4g} (measured on {who})")
+        pc = self.precision_check
+        if pc is not None:
+            mm = pc.get("mismatches") or []
+            lines.append(f"  executed precision ({who} {pc.get('source', 'runtime graph')}): {len(mm)} of "
+                         f"{pc.get('int8_planned', pc.get('layers'))} planned layer(s) not as planned; layers ran as "
+                         f"{pc.get('executed', {})}")
+            lines += [f"    {m['layer']} {m['node']}: planned {m['planned']}, expected {m['expected']}, ran "
+                      f"{m['executed']} ({m['kind']})" for m in mm[:10]]
         lines.append("  stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.stage_seconds.items()))
         lines.append(f"  outputs in {self.output_dir}: " + ", ".join(sorted(p.name for p in self.files.values())))
         return "\n".join(lines)
 
 
 #: backends that time region configurations on this machine (``measure``)
-MEASURED_BACKENDS = ("ort_cpu",)
+MEASURED_BACKENDS = _BACKENDS_HERE
+#: how the summary names a backend, and the form of the model it timed
+BACKEND_LABELS = {"ort_cpu": "ORT", "openvino_cpu": "OpenVINO"}
+_FORM = {"ort_cpu": "emulate form on ORT CPU", "openvino_cpu": "the shipped model on OpenVINO's CPU plugin, 1 thread"}
 
 
 def _output_name(st: RunState, src_model: ir.Model | None) -> str:
@@ -286,4 +308,5 @@ def optimize(source: str | os.PathLike | ir.Model, **kwargs) -> Result:
                   target=st.target.name, strategy=sol.strategy, metric=sol.metric, tau=st.tau,
                   predicted_mse=sol.predicted_mse, measured_mse=st.measured_mse, predicted_gain_s=predicted_gain_s(st),
                   time_ref_s=st.times["ref"], time_amp_s=st.times["amp"], measured_gain_s=st.times["gain"],
-                  task=st.task, stage_seconds=st.seconds, notes=list(dict.fromkeys(st.notes)), model=st.model)
+                  task=st.task, stage_seconds=st.seconds, notes=list(dict.fromkeys(st.notes)), model=st.model,
+                  backend=st.measured_on or "ort_cpu", precision_check=st.precision_check)

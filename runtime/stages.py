@@ -9,81 +9,18 @@ annotations are already present is skipped, so any stage re-runs from a saved fi
 from __future__ import annotations
 
 import os
-import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import onnx_ir as ir
 
 from onnx_amp.core import annotations as ann
 from onnx_amp.core.errors import OnnxAmpError
 from onnx_amp.core.onnx_io import load_model, save_model
 from onnx_amp.runtime import preflight
+from onnx_amp.runtime.run_state import RunState, Stage
+from onnx_amp.runtime.stage_data import Data, batches
 
-
-@dataclass
-class RunState:
-    """What the stages hand each other in memory."""
-
-    config: Any  # RunConfig
-    target: Any = None  # core.targets.Target
-    name: str = ""
-    subject: str | None = None
-    src_path: Path | None = None
-    out: preflight.OutputDir | None = None
-    tmp: Path | None = None
-    model: ir.Model | None = None
-    cal: dict[str, np.ndarray] | None = None
-    val: dict[str, np.ndarray] | None = None
-    evaluator: Any = None
-    problem: Any = None
-    solution: Any = None
-    tau: float | None = None
-    bisection: list | None = None
-    pareto: list[dict] = field(default_factory=list)
-    amp: ir.Model | None = None
-    deploy: ir.Model | None = None
-    rewrite_report: Any = None
-    measured_mse: float = float("nan")
-    task: dict | None = None
-    times: dict[str, float | None] = field(default_factory=lambda: {"ref": None, "amp": None, "gain": None})
-    files: dict[str, Path] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def lowering(self) -> dict:
-        """The rewrite options of the target's measured backend (what the profiler timed)."""
-        backend = self.target.measured_backend
-        if backend is None or backend == "torch_cuda":
-            return {}
-        from onnx_amp.runtime.backends import get_backend
-
-        return get_backend(backend).lowering
-
-    def work_dir(self) -> Path:
-        """The hidden folder outputs are written to; creating it creates (and locks) the output folder."""
-        if self.tmp is None:
-            self.out.create()
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.name}.onnx-amp.", dir=self.out.path))
-        return self.tmp
-
-    def keep(self, key: str, suffix: str) -> None:
-        """Save the model as it is now when intermediate files are kept."""
-        if self.config.keep_intermediate:
-            self.files[key] = save_model(self.model, self.work_dir() / f"{self.name}.{suffix}.onnx")
-
-
-class Stage:
-    name = ""
-
-    def skip(self, st: RunState) -> bool:
-        return False
-
-    def run(self, st: RunState) -> None:
-        raise NotImplementedError
+__all__ = ["STAGES", "RunState", "Stage", "batches", "predicted_gain_s", "results"]
 
 
 class Preflight(Stage):
@@ -106,10 +43,16 @@ class Preflight(Stage):
 
 
 class LoadOrExport(Stage):
+    """The model, in the form every stage expects (``runtime.normalize``: opset 21, typed values,
+    float32 compute; its notes join the run's), checked to be runnable."""
+
     name = "load/export"
 
     def run(self, st: RunState) -> None:
+        from onnx_amp.runtime.normalize import check_runnable, normalize_model
+
         c = st.config
+        source = st.src_path or st.subject or st.name
         if isinstance(c.source, ir.Model):
             st.model = c.source
         elif st.subject:
@@ -125,80 +68,8 @@ class LoadOrExport(Stage):
             st.model = load_model(exported)
             if c.keep_intermediate:
                 st.files["exported"] = exported
-
-
-def _n_samples(block: dict[str, np.ndarray]) -> int:
-    return len(next(iter(block.values())))
-
-
-def batches(block: dict[str, np.ndarray], bs: int) -> list[dict[str, np.ndarray]]:
-    n = _n_samples(block)
-    return [{k: v[i:i + bs] for k, v in block.items()} for i in range(0, n, bs)]
-
-
-def _concat_data(cd) -> dict[str, np.ndarray]:
-    """CalibrationData -> one dict of arrays (all blocks must share shapes)."""
-    keys = cd.blocks[0].keys()
-    try:
-        return {k: np.concatenate([np.asarray(b[k]) for b in cd.blocks], axis=0) for k in keys}
-    except ValueError as e:
-        raise OnnxAmpError(f"calibration data {cd.source}: samples of different shapes cannot be split into "
-                           f"calibration and held-out sets ({e}); pass validation_data explicitly") from None
-
-
-class Data(Stage):
-    """Calibration and held-out samples, checked against the model's inputs; then the output folder."""
-
-    name = "data"
-
-    def run(self, st: RunState) -> None:
-        c = st.config
-        if c.calibration_data is None:
-            st.cal, st.val = self._subject_data(st)
-        else:
-            st.cal, st.val = self._user_data(st)
-        if c.calibration_samples:
-            st.cal = {k: v[:c.calibration_samples] for k, v in st.cal.items()}
-        if c.verbose:
-            print(f"[onnx-amp] {_n_samples(st.cal)} calibration samples, {_n_samples(st.val)} held-out samples",
-                  flush=True)
-        # the outputs: the emulate and deploy models (plus each stage's model when kept), figures
-        need = (2 + 4 * c.keep_intermediate) * preflight.model_bytes(st.model) + 64 * 2**20
-        preflight.check_disk(st.out.path, need)
-        st.work_dir()
-
-    @staticmethod
-    def _subject_data(st: RunState):
-        from onnx_amp.runtime import subjects as S
-
-        c = st.config
-        s = S.get_subject(st.subject) if st.subject else None
-        if s is None or s.batch is None:
-            raise OnnxAmpError(f"{c.source}: give calibration_data (.npz keyed by input name, .txt with a "
-                               "tokenizer, or an iterable of input dicts)")
-        n_cal = c.calibration_samples or s.defaults.get("calibration_samples", 16)
-        n_val = c.validation_samples or s.defaults.get("validation_samples", 16)
-        kw = {"seq_len": c.seq_len} if "seq_len" in s.defaults.get("batch_kwargs", ()) else {}
-        return (S.subject_batch(st.subject, n_cal, "calib", seed=c.seed, **kw),
-                S.subject_batch(st.subject, n_val, "eval", seed=c.seed, **kw))
-
-    @staticmethod
-    def _user_data(st: RunState):
-        from onnx_amp.runtime.data import load_calibration_data
-
-        c = st.config
-        allc = _concat_data(load_calibration_data(c.calibration_data, st.model, tokenizer=c.tokenizer,
-                                                  seq_len=c.seq_len))
-        if c.validation_data is not None:
-            val = _concat_data(load_calibration_data(c.validation_data, st.model, tokenizer=c.tokenizer,
-                                                     seq_len=c.seq_len, flag="--validation_data"))
-            return allc, val
-        n = _n_samples(allc)
-        n_val = c.validation_samples or max(1, min(16, n // 4))
-        if n - n_val < 1:
-            raise OnnxAmpError(f"calibration data has {n} sample(s): need at least 2 (calibration + held-out), "
-                               "or pass validation_data")
-        return {k: v[:n - n_val] for k, v in allc.items()}, {k: v[n - n_val:] for k, v in allc.items()}
+        st.notes += normalize_model(st.model, source)
+        check_runnable(st.model, source)
 
 
 class Partition(Stage):
@@ -227,16 +98,25 @@ class Calibrate(Stage):
 
     def run(self, st: RunState) -> None:
         from onnx_amp.passes.sensitivity import AnnotateSensitivityPass
-        from onnx_amp.runtime.calibrate import calibrate, measure_format_errors
+        from onnx_amp.runtime.calibrate import calibrate
+        from onnx_amp.runtime.format_errors import measure_format_errors
+        from onnx_amp.runtime.data import check_calibration
 
         c, m = st.config, st.model
         res = calibrate(m, st.cal, loss=c.loss, batch_size=c.batch_size, tokenizer=c.tokenizer,
                         seq_len=c.seq_len, progress=c.progress)
-        if c.loss_model == "measured" and st.target.low_formats:
-            # the "actual error" loss model: each operand's real rounding error at the rewrite's
-            # scales, for the target's low formats (R^2 0.90-0.95 vs 0.79-0.86 for the ideal model)
+        # all-zero losses or sensitivities would make every plan look free: stop unless forced
+        where = str(c.calibration_data) if isinstance(c.calibration_data, (str, os.PathLike)) else "calibration data"
+        st.notes += check_calibration(res, where, getattr(c, "force", False))
+        if c.loss_model in ("measured", "shift") and st.target.low_formats:
+            # a second pass for the target's low formats: each operand's actual rounding error at the
+            # rewrite's scales, and the INT8 output Q of the target's lowering ("measured"), plus
+            # each one's second-order mean loss change ("shift"; passes.lossmodel), with the loss
+            # the first pass resolved
             measure_format_errors(m, st.cal, res, st.target.low_formats, batch_size=c.batch_size,
-                                  loss=c.loss, progress=c.progress)
+                                  loss=res.spec or c.loss, progress=c.progress,
+                                  int8_output_q=st.lowering.get("int8_output_q", False),
+                                  shift=c.loss_model == "shift", seed=c.seed)
         AnnotateSensitivityPass(res)(m)
         if res.unmatched:
             st.notes.append(f"{len(res.unmatched)} layer(s) got no calibration figures: "
@@ -262,12 +142,29 @@ class Gains(Stage):
                                  progress=c.progress, seed=c.seed)
             if c.verbose:
                 print(f"[onnx-amp] measured: {pres.summary()}", flush=True)
+            if pres.backend != "ort_cpu" and len(feeds) == len(m.graph.inputs):
+                self._scale(st, pres, feeds)
             GainsPass(st.target, pres.measured, 1, p_seq, c.max_configs)(m)
         else:
             # roofline at a serving batch: at batch 1 the target's per-boundary cost makes every
             # low-precision configuration of a small model a loss (nothing would be lowered)
             GainsPass(st.target, None, c.roofline_batch, p_seq, c.max_configs)(m)
         st.keep("gains", "gains")
+
+    @staticmethod
+    def _scale(st: RunState, pres, feeds: dict) -> None:
+        """Region gains scaled to each format's end-to-end gain on the backend (``runtime.gain_scaling``:
+        OpenVINO fuses INT8 across region boundaries, so region sums miss part of its gain)."""
+        from onnx_amp.runtime.gain_scaling import format_gain_factors, scale_gains
+
+        f = format_gain_factors(st.model, st.target, pres.measured, feeds, pres.backend, st.lowering,
+                                repeats=max(5, st.config.profile_repeats), seed=st.config.seed)
+        scale_gains(pres.measured, f, st.target)
+        st.notes.append(f"region gains scaled to each format's end-to-end gain on {pres.backend}: " + "; ".join(
+            f"{k} {v['e2e_gain_s'] * 1e3:.3f} ms end to end / {v['region_sum_s'] * 1e3:.3f} ms region sum -> "
+            f"x{v['factor']:.2f}" for k, v in f.items()))
+        if st.config.verbose:
+            print(f"[onnx-amp] {st.notes[-1]}", flush=True)
 
 
 class Solve(Stage):
@@ -276,7 +173,7 @@ class Solve(Stage):
     def run(self, st: RunState) -> None:
         from onnx_amp.passes.plan import ApplyPlanPass
         from onnx_amp.passes.problem import problem_from_model
-        from onnx_amp.passes.search import bisect_tau, relative_tau
+        from onnx_amp.passes.search import relative_tau
         from onnx_amp.passes.solve import plan_object
         from onnx_amp.passes.strategies import get_strategy, solve
 
@@ -291,11 +188,7 @@ class Solve(Stage):
             st.evaluator = PlanEvaluator(m, batches(st.val, c.batch_size), c.loss, st.target)
             kw.update(st.evaluator.strategy_kwargs(problem, c.strategy))
         if c.accuracy_drop is not None:
-            ref = st.evaluator.reference_metric
-            st.solution, st.bisection = bisect_tau(
-                problem, lambda plan: st.evaluator.evaluate(plan["units"])["metric"]["after"], c.accuracy_drop,
-                relative=True, higher_is_better=ref["higher_is_better"], baseline=ref["before"],
-                strategy=c.strategy, metric=c.metric, **kw)
+            st.solution, st.bisection = self._meet_bound(st, problem, kw)
             st.tau = st.solution.tau
         else:
             st.tau = c.tau if c.tau is not None else relative_tau(problem, c.tau_relative)
@@ -311,6 +204,34 @@ class Solve(Stage):
             print(f"[onnx-amp] plan: {len(sol.plan.get('units', {}))} unit(s) lowered, predicted loss MSE "
                   f"{sol.predicted_mse:.4g} (tau {st.tau:.4g})", flush=True)
         st.keep("planned", "planned")
+
+    @staticmethod
+    def _meet_bound(st: RunState, problem, kw: dict):
+        """The accuracy bound. Under the ``shift`` loss model, for a task metric the loss model
+        predicts (``runtime.metric_model``): the plan predicted to meet it, verified by a real
+        evaluation and corrected at most twice (``passes.search.solve_to_bound``, at most 3
+        evaluations). Otherwise the bisection over tau (about a dozen evaluations)."""
+        from onnx_amp.passes.lossmodel import layer_stats_from_model, loss_model_of
+        from onnx_amp.passes.search import bisect_tau, solve_to_bound
+        from onnx_amp.passes.strategies import get_strategy
+        from onnx_amp.runtime.metric_model import drop_predictor
+
+        c, ev = st.config, st.evaluator
+        ref = ev.reference_metric
+
+        def evaluate(plan: dict) -> float:
+            return ev.evaluate(plan["units"])["metric"]["after"]
+
+        common = {"relative": True, "higher_is_better": ref["higher_is_better"], "baseline": ref["before"],
+                  "strategy": c.strategy, "metric": c.metric, **kw}
+        predict = None
+        if get_strategy(c.strategy).uses_tau and loss_model_of(layer_stats_from_model(st.model)) == "shift":
+            predict = drop_predictor(ev.reference, ref)
+        if predict is not None:
+            return solve_to_bound(problem, evaluate, c.accuracy_drop, predict, **common)
+        st.notes.append("accuracy bound: bisection over tau (the loss model predicts no task metric here; "
+                        "loss_model='shift' and a perplexity, accuracy or cosine metric avoid it)")
+        return bisect_tau(problem, evaluate, c.accuracy_drop, **common)
 
     @staticmethod
     def _pareto(st: RunState) -> None:
@@ -331,6 +252,16 @@ class Rewrite(Stage):
     def run(self, st: RunState) -> None:
         from onnx_amp.passes.rewrite import check_model, rewrite
 
+        if (st.evaluator is not None and st.config.accuracy_drop is not None and st.config.measure
+                and st.target.measured_backend not in (None, "ort_cpu", "torch_cuda")):
+            # the plan against the uniform formats, end to end (runtime.uniform_guard); never for ORT
+            from onnx_amp.runtime.uniform_guard import uniform_guard
+
+            note = uniform_guard(st)
+            if note:
+                st.notes.append(note)
+                if st.config.verbose:
+                    print(f"[onnx-amp] {note}", flush=True)
         st.amp, st.rewrite_report = rewrite(st.model, "emulate", **st.lowering)
         st.deploy, _ = rewrite(st.model, "deploy")
         for m, form in ((st.amp, "emulate"), (st.deploy, "deploy")):
@@ -342,28 +273,56 @@ class Rewrite(Stage):
 
 
 class Validate(Stage):
-    """Measured loss MSE and task metric on the held-out samples, and end-to-end time."""
+    """Measured loss MSE and task metric on the held-out samples, what the runtime really executed,
+    and end-to-end time, all on the target's runtime (``runtime.timing.backend_of``): ORT exactly as
+    always (exact Q/DQ sessions); another backend (OpenVINO) with its real kernels."""
 
     name = "validate"
 
     def run(self, st: RunState) -> None:
-        from onnx_amp.runtime.evaluate import evaluate_models
+        from onnx_amp.runtime.evaluate import _Reference, evaluate_models
+        from onnx_amp.runtime.timing import DEFAULT_BACKEND, backend_of
 
         c = st.config
-        if st.evaluator is not None:  # the bisection already ran the reference on these samples
+        st.measured_on = backend = backend_of(st.target)
+        if backend != DEFAULT_BACKEND:  # the final figures from the kernels the model ships to
+            if st.evaluator is not None:
+                st.evaluator.reference.session = None  # the bisection's last session: memory back first
+            ref = _Reference(st.model, batches(st.val, c.batch_size), c.loss, backend, exact=False)
+            st.measured_mse, st.task = ref.compare(st.amp)
+            self._precision(st, backend, ref.session)
+        elif st.evaluator is not None:  # the bisection already ran the reference on these samples
             st.measured_mse, st.task = st.evaluator.reference.compare(st.amp)
         else:
             st.measured_mse, st.task = evaluate_models(st.model, st.amp, batches(st.val, c.batch_size), c.loss)
+        if backend == DEFAULT_BACKEND and st.target.measured_backend == DEFAULT_BACKEND:
+            try:  # which INT8 layers ORT fused into integer kernels (its optimized graph; a check, never fatal)
+                from onnx_amp.runtime.backends import get_backend
+
+                st.precision_check = get_backend(backend).fused_int8(st.model, st.amp)
+            except Exception as e:  # noqa: BLE001
+                st.notes.append(f"ORT fused-kernel check skipped: {type(e).__name__}: {e}")
         try:
-            from onnx_amp.runtime.profile import time_model
+            from onnx_amp.runtime.timing import time_model
 
             first = {k: v[:1] for k, v in st.val.items()}
             feeds = {i.name: first[i.name] for i in st.model.graph.inputs if i.name in first}
-            tm = time_model([st.model, st.amp], feeds, repeats=max(5, c.profile_repeats))
+            tm = time_model([st.model, st.amp], feeds, repeats=max(5, c.profile_repeats), backend=backend)
             s1 = tm.summary(1)
             st.times = {"ref": tm.summary(0)["time_s"], "amp": s1["time_s"], "gain": s1["time_gain_s"]}
         except Exception as e:  # noqa: BLE001 (timing is reported, never fatal)
             st.notes.append(f"end-to-end timing failed: {type(e).__name__}: {e}")
+
+    @staticmethod
+    def _precision(st: RunState, backend: str, session) -> None:
+        """The executed-precision check of the shipped model (mismatches go into the summary and report)."""
+        from onnx_amp.runtime.backends import get_backend
+
+        st.precision_check = get_backend(backend).plan_check(st.model, session)
+        mm = (st.precision_check or {}).get("mismatches") or []
+        if mm:
+            st.notes.append(f"{len(mm)} layer(s) did not run at their planned precision on {backend}: "
+                            + "; ".join(st.precision_check["text"].splitlines()[:5]))
 
 
 class Write(Stage):
@@ -415,6 +374,8 @@ def results(st: RunState) -> dict:
         "predicted_gain_s": predicted_gain_s(st), "time_ref_s": st.times["ref"], "time_amp_s": st.times["amp"],
         "measured_gain_s": st.times["gain"], "task": st.task, "pareto": st.pareto,
         "stage_seconds": dict(st.seconds), "notes": notes,
+        "backend": {"ort_cpu": "ORT", "openvino_cpu": "OpenVINO"}.get(st.measured_on, st.measured_on or "ORT"),
+        "precision_check": {k: v for k, v in st.precision_check.items() if k != "text"} if st.precision_check else None,
         "files": {k: Path(v).name for k, v in st.files.items()},
         "bisection": [getattr(b, "__dict__", str(b)) for b in st.bisection] if st.bisection else None,
     }

@@ -245,7 +245,7 @@ def test_unmatched_layer_is_listed():
 def test_actual_error_variant_predicts_emulated_plan(para, para_feeds):
     """measure_format_errors: the first-order prediction with each operand's actual rounding error
     matches the loss change of the torch emulation of a single-layer plan (same samples)."""
-    from onnx_amp.runtime.calibrate import measure_format_errors
+    from onnx_amp.runtime.format_errors import measure_format_errors
     from onnx_amp.runtime.fakequant import emulate_plan_hooks
     from onnx_amp.passes.lossmodel import predicted_mse
 

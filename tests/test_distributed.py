@@ -18,7 +18,8 @@ WORKER = textwrap.dedent('''
     import pickle, sys
     import numpy as np
     from onnx_amp.runtime import distributed as D
-    from onnx_amp.runtime.calibrate import calibrate, measure_format_errors
+    from onnx_amp.runtime.calibrate import calibrate
+    from onnx_amp.runtime.format_errors import measure_format_errors
     from onnx_amp.runtime.onnx_io import load_model
 
     model_path, data_path, out_path, mode = sys.argv[1:5]
@@ -90,7 +91,8 @@ def _torchrun(d, n: int, mode: str = "ok"):
 
 @pytest.mark.parametrize("n", [2, 3])
 def test_calibration_over_ranks_equals_one_process(setup, n):
-    from onnx_amp.runtime.calibrate import calibrate, measure_format_errors
+    from onnx_amp.runtime.calibrate import calibrate
+    from onnx_amp.runtime.format_errors import measure_format_errors
 
     d, model = setup
     data = dict(np.load(d / "data.npz"))

@@ -146,3 +146,18 @@ def test_a_tensor_with_a_float_consumer_stays_float(feeds, tmp_path):
     # own output Q) gives it, and nothing more
     assert err_chained <= 1.5 * err_per_layer + 1e-3, (err_chained, err_per_layer)
     assert A.REWRITE in chained.metadata_props
+
+
+def test_the_fusion_report_counts_every_layer_ort_fused(feeds):
+    """The run's executed-precision check on ORT: with chains every INT8 layer is an integer kernel;
+    the per-layer lowering leaves the head Gemm in float, and the report names it."""
+    from onnx_amp.runtime.backends import get_backend
+
+    model = int8(resnet(), feeds)
+    ort = get_backend("ort_cpu")
+    chained, _ = rewrite(model, "emulate", **dict(ORT_CPU_LOWERING, int8_chains=True))
+    rep = ort.fused_int8(model, chained)
+    assert rep["int8_planned"] == 6 and rep["executed"]["int8"] == 6 and not rep["mismatches"], rep["text"]
+    per_layer, _ = rewrite(model, "emulate", **ORT_CPU_LOWERING)
+    rep = ort.fused_int8(model, per_layer)
+    assert [m["node"] for m in rep["mismatches"]] == ["fc"], rep["text"]

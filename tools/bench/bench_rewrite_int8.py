@@ -1,6 +1,7 @@
 """INT8 emulate-form speedup on ONNX Runtime CPU: fp32 vs the rewritten INT8 model.
 
-    python -m onnx_amp.tools.bench.bench_rewrite_int8 "$(python -c 'from onnx_amp.runtime.export import ensure_subject_onnx as e; print(e("minilm"))')" --batch 8 --seq 128
+    MODEL=$(python -c 'from onnx_amp.runtime.export import ensure_subject_onnx as e; print(e("minilm"))')
+    python -m onnx_amp.tools.bench.bench_rewrite_int8 "$MODEL" --batch 8 --seq 128
 
 Partitions the model, takes activation amax (and layer-output amax for the output-Q layout) from one
 torch run on random tokens / images, lowers all weight layers to INT8 (act-act attention MatMuls

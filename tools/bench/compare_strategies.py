@@ -67,7 +67,8 @@ def prepare(subject: str, target: str, n_calib: int, seq_len: int, workdir: Path
     from onnx_amp.passes.gains import GainsPass
     from onnx_amp.passes.partition import PartitionPass
     from onnx_amp.passes.sensitivity import AnnotateSensitivityPass
-    from onnx_amp.runtime.calibrate import calibrate, measure_format_errors
+    from onnx_amp.runtime.calibrate import calibrate
+    from onnx_amp.runtime.format_errors import measure_format_errors
     from onnx_amp.runtime.export import ensure_subject_onnx
     from onnx_amp.core.onnx_io import load_model, save_model
     from onnx_amp.runtime.subjects import subject_batch

@@ -158,8 +158,8 @@ def main(argv=None) -> int:
             cache[sig] = Timing(time_configs(fns, args.repeats, args.warmup, device))
         t = cache[sig]
         measured[r["id"]] = {config_key(c, units): t.summary(i) for i, c in enumerate(configs)}
-        print(f"{r['id']}: {len(configs)} configs, best gain {max(v['time_gain_s'] for v in measured[r['id']].values()) * 1e6:.1f} us",
-              file=sys.stderr)
+        best_us = max(v["time_gain_s"] for v in measured[r["id"]].values()) * 1e6
+        print(f"{r['id']}: {len(configs)} configs, best gain {best_us:.1f} us", file=sys.stderr)
     info = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (dry run)",
             "torch": torch.__version__, "batch_size": args.batch_size, "seq_len": args.seq_len,
             "target": target.name, "dry_run": args.dry_run, "distinct_structures": len(cache)}
