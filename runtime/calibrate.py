@@ -275,7 +275,7 @@ def _accumulators(model: ir.Model, tg: TorchGraph) -> tuple[dict[str, _Acc], lis
     return accs, unmatched
 
 
-def _check_loss(L: torch.Tensor, spec: LossSpec, B: int, bi: int, n_seen: int) -> None:
+def _check_loss(L: torch.Tensor, spec: LossSpec, B: int, bi: int, n_seen: int, opaque: bool = False) -> None:
     """A calibration batch's per-sample loss: one finite value per sample, depending on the layers."""
     if L.shape[0] != B:
         raise OnnxAmpError(f"loss {spec.name} returned {L.shape[0]} values for a batch of {B} samples")
@@ -286,7 +286,7 @@ def _check_loss(L: torch.Tensor, spec: LossSpec, B: int, bi: int, n_seen: int) -
             f"{[n_seen + i for i in bad][:8]}; check the data (e.g. padding-only rows, out-of-vocabulary ids) "
             "and the model"
         )
-    if not L.requires_grad:
+    if not L.requires_grad and not opaque:
         raise OnnxAmpError("the loss does not depend on any layer of the model (no gradient); check output_name/loss")
 
 
@@ -316,8 +316,12 @@ def _layer_stats(accs: dict[str, _Acc], n_seen: int, unmatched: list[dict[str, s
     return layers, no_grad
 
 
-def _mark_opaque_upstream(tg: TorchGraph, accs: dict[str, _Acc]) -> None:
-    upstream = {n.name for n in tg.layers_upstream_of_opaque()} if getattr(tg, "opaque_nodes", None) else set()
+def _mark_opaque_upstream(tg: TorchGraph, accs: dict[str, _Acc], spec: LossSpec | None) -> None:
+    """Layers whose gradient to the loss's output passes through an opaque node are unmatched (an
+    opaque node on another output's branch, e.g. a label lookup beside the probabilities, is harmless)."""
+    if not getattr(tg, "opaque_nodes", None):
+        return
+    upstream = {n.name for n in tg.layers_upstream_of_opaque([spec.output] if spec is not None else None)}
     for a in accs.values():
         if a.node.name in upstream and not a.error:
             a.error = (f"its gradient passes through node(s) {', '.join(tg.opaque_nodes[:3])} that the interpreter "
@@ -353,8 +357,9 @@ def calibrate(model: ir.Model, data: Any, loss: Any = None, batch_size: int = 8,
             if spec is None:
                 spec = resolve_loss(loss, model, output_name, sample_outputs=outs)
             L = spec(outs, _to_torch(batch))
-            _check_loss(L, spec, B, bi, n_seen)
-            L.sum().backward()
+            _check_loss(L, spec, B, bi, n_seen, opaque=bool(getattr(tg, "opaque_nodes", None)))
+            if L.requires_grad:  # else every layer is behind an opaque node: all kept high below
+                L.sum().backward()
         loss_sum += float(L.detach().double().sum())
         n_seen, n_batches = n_seen + B, n_batches + 1
         bar.update(B)
@@ -363,7 +368,7 @@ def calibrate(model: ir.Model, data: Any, loss: Any = None, batch_size: int = 8,
     bar.close()
     if n_seen == 0:
         raise OnnxAmpError("calibration data yielded no samples")
-    _mark_opaque_upstream(tg, accs)
+    _mark_opaque_upstream(tg, accs, spec)
     layers, no_grad = _layer_stats(accs, n_seen, unmatched)
     return CalibrationResult(
         layers=layers, unmatched=unmatched, no_gradient=no_grad, samples=n_seen, batches=n_batches,

@@ -177,6 +177,9 @@ def measure_format_errors(model: ir.Model, data: Any, result: CalibrationResult,
             L = spec(outs, tb)
             if not torch.isfinite(L).all():
                 raise OnnxAmpError(f"measured-error pass batch {bi}: loss is NaN/Inf")
+            if not L.requires_grad:  # no layer left to measure (all kept high: unmatched)
+                bar.update(hooks.B)
+                continue
             probe = curvature_probe(spec, outs, tb, gen) if shift else None
             hooks.mode = "loss"
             L.sum().backward(retain_graph=probe is not None)

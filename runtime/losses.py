@@ -316,3 +316,17 @@ def resolve_loss(loss: str | Callable | LossSpec | None, model: ir.Model, output
         sample = (sample_outputs or {}).get(out)
         kind = output_kind(model, out, sample)
     return LossSpec(task, out, _task_fn(task, kind), kind)
+
+
+def calibrated_loss(model: ir.Model, loss: Any = None, output_name: str | None = None) -> LossSpec:
+    """The loss a calibrated model was calibrated with (its ``onnx_amp.calibration`` summary names
+    it and its output), unless ``loss`` / ``output_name`` name another: later stages run from a
+    saved file measure with the same loss the sensitivities were taken with. A custom callable the
+    file cannot carry is detected again unless given."""
+    from onnx_amp.core import annotations as ann
+
+    saved = (ann.get_json(model, ann.CALIBRATION) or {}).get("loss") or {}
+    name = loss if loss not in (None, "auto") else saved.get("name")
+    if isinstance(name, str) and name.startswith("custom:"):
+        name = None
+    return resolve_loss(name, model, output_name or saved.get("output"))

@@ -77,6 +77,7 @@ class RunConfig:
     validation_samples: int | None = None
     batch_size: int = 8
     loss: Any = None
+    loss_output: str | None = None  # the graph output the loss reads (default: detected)
     loss_model: str = "measured"
     measure: bool | None = None
     profile_seq_len: int | None = None

@@ -28,6 +28,7 @@ class RunState:
     model: ir.Model | None = None
     cal: dict[str, np.ndarray] | None = None
     val: dict[str, np.ndarray] | None = None
+    loss: Any = None  # the LossSpec calibration resolved: every later stage measures with it
     evaluator: Any = None
     problem: Any = None
     solution: Any = None
@@ -55,6 +56,15 @@ class RunState:
         from onnx_amp.runtime.backends import get_backend
 
         return dict(get_backend(backend).lowering)
+
+    def loss_spec(self) -> Any:
+        """The loss calibration used (``runtime.losses.LossSpec``); for a model calibrated earlier
+        (a saved file), the one its calibration summary names, unless the run names its own."""
+        if self.loss is None:
+            from onnx_amp.runtime.losses import calibrated_loss
+
+            self.loss = calibrated_loss(self.model, self.config.loss, self.config.loss_output)
+        return self.loss
 
     def work_dir(self) -> Path:
         """The hidden folder outputs are written to; creating it creates (and locks) the output folder."""

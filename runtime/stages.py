@@ -104,7 +104,8 @@ class Calibrate(Stage):
 
         c, m = st.config, st.model
         res = calibrate(m, st.cal, loss=c.loss, batch_size=c.batch_size, tokenizer=c.tokenizer,
-                        seq_len=c.seq_len, progress=c.progress)
+                        seq_len=c.seq_len, output_name=c.loss_output, progress=c.progress)
+        st.loss = res.spec
         # all-zero losses or sensitivities would make every plan look free: stop unless forced
         where = str(c.calibration_data) if isinstance(c.calibration_data, (str, os.PathLike)) else "calibration data"
         st.notes += check_calibration(res, where, getattr(c, "force", False))
@@ -185,7 +186,7 @@ class Solve(Stage):
             # measured unit sensitivities (pareto-greedy) / pair terms (ip-pairs)
             from onnx_amp.runtime.evaluate import PlanEvaluator
 
-            st.evaluator = PlanEvaluator(m, batches(st.val, c.batch_size), c.loss, st.target)
+            st.evaluator = PlanEvaluator(m, batches(st.val, c.batch_size), st.loss_spec(), st.target)
             kw.update(st.evaluator.strategy_kwargs(problem, c.strategy))
         if c.accuracy_drop is not None:
             st.solution, st.bisection = self._meet_bound(st, problem, kw)
@@ -288,13 +289,13 @@ class Validate(Stage):
         if backend != DEFAULT_BACKEND:  # the final figures from the kernels the model ships to
             if st.evaluator is not None:
                 st.evaluator.reference.session = None  # the bisection's last session: memory back first
-            ref = _Reference(st.model, batches(st.val, c.batch_size), c.loss, backend, exact=False)
+            ref = _Reference(st.model, batches(st.val, c.batch_size), st.loss_spec(), backend, exact=False)
             st.measured_mse, st.task = ref.compare(st.amp)
             self._precision(st, backend, ref.session)
         elif st.evaluator is not None:  # the bisection already ran the reference on these samples
             st.measured_mse, st.task = st.evaluator.reference.compare(st.amp)
         else:
-            st.measured_mse, st.task = evaluate_models(st.model, st.amp, batches(st.val, c.batch_size), c.loss)
+            st.measured_mse, st.task = evaluate_models(st.model, st.amp, batches(st.val, c.batch_size), st.loss_spec())
         if backend == DEFAULT_BACKEND and st.target.measured_backend == DEFAULT_BACKEND:
             try:  # which INT8 layers ORT fused into integer kernels (its optimized graph; a check, never fatal)
                 from onnx_amp.runtime.backends import get_backend

@@ -112,6 +112,52 @@ def test_an_op_the_interpreter_lacks_keeps_its_upstream_layers_high(tmp_path):
     assert any("no calibration figures" in n for n in res.notes)
 
 
+def _two_headed(size: int = 16) -> ir.Model:
+    """x[B,8] -> fc1 -> Relu -> fc2 -> Softmax -> probs; beside it fc2's output -> com.microsoft Gelu
+    (opaque to the interpreter) -> aux: a second output the loss does not read (like a label lookup)."""
+    rng = np.random.default_rng(2)
+    nodes = [h.make_node("MatMul", ["x", "w1"], ["h1"], name="fc1"), h.make_node("Relu", ["h1"], ["r1"]),
+             h.make_node("MatMul", ["r1", "w2"], ["z"], name="fc2"),
+             h.make_node("Softmax", ["z"], ["probs"], axis=-1),
+             h.make_node("Gelu", ["z"], ["aux"], domain="com.microsoft", name="gelu")]
+    inits = [nh.from_array(rng.standard_normal((8, size)).astype(np.float32) / 3, "w1"),
+             nh.from_array(rng.standard_normal((size, 5)).astype(np.float32) / 4, "w2")]
+    g = h.make_graph(nodes, "two", [h.make_tensor_value_info("x", TP.FLOAT, ["B", 8])],
+                     [h.make_tensor_value_info("probs", TP.FLOAT, ["B", 5]),
+                      h.make_tensor_value_info("aux", TP.FLOAT, ["B", 5])], inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("com.microsoft", 1)])
+    m.ir_version = 8
+    return ir.from_proto(onnx.shape_inference.infer_shapes(m))
+
+
+def test_an_opaque_op_on_an_output_the_loss_ignores_keeps_every_layer():
+    """Only an opaque node between a layer and the output the loss reads blocks its gradient."""
+    from onnx_amp.runtime.calibrate import calibrate
+    from onnx_amp.runtime.format_errors import measure_format_errors
+
+    model = _two_headed()
+    data = {"x": np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)}
+    res = calibrate(model, data, output_name="probs", progress=False)
+    assert res.opaque == ["gelu"] and res.spec.output == "probs"
+    assert not res.unmatched, res.unmatched
+    assert len(res.layers) == 2 and all(st.s_w > 0 for st in res.layers.values())
+    measure_format_errors(model, data, res, ["int8"], progress=False)
+    assert all(st.extra["w"]["int8"] > 0 for st in res.layers.values())
+
+
+def test_the_measured_error_pass_survives_a_model_with_no_layer_left():
+    """Every layer upstream of the opaque node: nothing to measure, and no crash on backward."""
+    from onnx_amp.runtime.calibrate import calibrate
+    from onnx_amp.runtime.format_errors import measure_format_errors
+
+    model = _two_headed()
+    data = {"x": np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)}
+    res = calibrate(model, data, loss="output_mse", output_name="aux", progress=False)
+    assert {u["node"] for u in res.unmatched} == {"fc1", "fc2"} and not res.layers
+    measure_format_errors(model, data, res, ["int8"], progress=False)
+    assert res.terms == {}
+
+
 def test_a_loss_named_module_function(tmp_path, monkeypatch):
     (tmp_path / "my_losses.py").write_text(
         "def l1(output, batch):\n    return output.abs().reshape(output.shape[0], -1).mean(1)\n")
@@ -123,3 +169,33 @@ def test_a_loss_named_module_function(tmp_path, monkeypatch):
 
     with pytest.raises(OnnxAmpError, match="has no function 'nope'"):
         resolve_loss("my_losses:nope", classifier(None))
+
+
+def test_run_cli_loss_flags_reach_every_stage(tmp_path):
+    """``onnx-amp run --loss output_mse --loss_output z``: calibration and the held-out measurement
+    use that loss on that output (not the one detection would pick), and a bad name is one line."""
+    import json
+    import subprocess
+    import sys
+
+    m = _two_headed()
+    m.graph.outputs.pop()  # drop the opaque head: the model runs everywhere
+    m.graph.node(4).outputs[0].name = "unused"
+    m.graph.remove(m.graph.node(4), safe=True)
+    z = next(n for n in m.graph if n.name == "fc2").outputs[0]
+    m.graph.outputs.append(z)
+    from onnx_amp.core.onnx_io import save_model
+
+    save_model(m, tmp_path / "two.onnx")
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).standard_normal((24, 8)).astype(np.float32))
+    cmd = [sys.executable, "-m", "onnx_amp.tools.cli", "run", str(tmp_path / "two.onnx"), "--calibration_data",
+           str(tmp_path / "d.npz"), "--target", "gaudi2", "--no-pareto", "--tau_relative", "0.5", "-o", str(tmp_path / "o"),
+           "--no-progress"]
+    r = subprocess.run(cmd + ["--loss", "output_mse", "--loss_output", "z"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    from onnx_amp.core.onnx_io import load_model
+
+    out = load_model(tmp_path / "o" / "two.amp.onnx")
+    assert A.get_json(out, A.CALIBRATION)["loss"] == {"name": "output_mse", "output": "z", "kind": "logits"}
+    bad = subprocess.run(cmd + ["--loss", "nope"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--loss" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -84,6 +84,27 @@ def number(kind=float, minimum=None, maximum=None, above=None):
     return parse
 
 
+#: the losses ``--loss`` names (``runtime.losses``); ``module:function`` imports a callable(output, batch) -> [B]
+LOSSES = ("auto", "causal_lm", "classification", "output_mse")
+
+
+def loss_name(text: str) -> str:
+    """An argparse ``type`` for ``--loss``: one of :data:`LOSSES` or ``module:function``."""
+    if text in LOSSES or (":" in text and all(part.strip() for part in text.split(":", 1))):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r}: use one of {', '.join(LOSSES)} or module:function "
+                                     "(a callable(output, batch) -> per-sample loss [B])")
+
+
+def add_loss_flags(p) -> None:
+    """``--loss`` and ``--loss_output``, the same on every subcommand that runs the loss."""
+    p.add_argument("--loss", default="auto", type=loss_name, metavar="LOSS",
+                   help=f"per-sample loss: {', '.join(LOSSES)} or module:function (default: auto, detected "
+                        "from the model's outputs; a calibrated model's own loss in later stages)")
+    p.add_argument("--loss_output", default=None, metavar="NAME",
+                   help="graph output the loss reads (default: detected)")
+
+
 def _discover(subparsers) -> list[str]:
     import importlib
     import pkgutil

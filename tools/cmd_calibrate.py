@@ -14,7 +14,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from onnx_amp.tools.cli import number
+from onnx_amp.passes.lossmodel import LOSS_MODELS
+from onnx_amp.tools.cli import add_loss_flags, number
 
 
 def register(subparsers) -> None:
@@ -36,12 +37,11 @@ def register(subparsers) -> None:
                    help="samples per forward+backward (default 8)")
     p.add_argument("--calib_seq_len", "--seq_len", type=number(int, 2), default=128, metavar="T",
                    help="tokens per window for text data (default 128)")
-    p.add_argument("--loss", default="auto", choices=["auto", "causal_lm", "classification"],
-                   help="per-sample loss (default: detected from the model's output)")
-    p.add_argument("--loss_output", default=None, metavar="NAME", help="graph output the loss reads (default: detected)")
-    p.add_argument("--loss_model", choices=("measured", "ideal"), default="measured",
+    add_loss_flags(p)
+    p.add_argument("--loss_model", choices=LOSS_MODELS, default="measured",
                    help="measured (default): also measure each operand's actual rounding error in the target's low "
-                   "formats (a second pass); ideal: alpha * S only")
+                   "formats (a second pass); shift: that plus each error's mean loss shift (second order); "
+                   "ideal: alpha * S only")
     p.add_argument("--target", default=None, help="target whose low formats --loss_model measured covers (default: the "
                    "target the model carries, else cpu)")
     p.add_argument("--formats", default=None, metavar="F,F",
@@ -92,7 +92,7 @@ def run(args) -> int:
         if args.formats:
             _formats(args, None)  # a bad --formats fails before the model loads
         model, notes = load_normalized(src, executes=True)
-        formats = _formats(args, model) if args.loss_model == "measured" else []
+        formats = _formats(args, model) if args.loss_model in ("measured", "shift") else []
         data = load_calibration_data(args.calibration_data, model, args.tokenizer, args.calib_seq_len,
                                      args.calibration_samples)
         notes += data.info.get("notes", [])
@@ -103,8 +103,8 @@ def run(args) -> int:
                         progress=not args.no_progress)
         notes += check_calibration(res, str(args.calibration_data), args.force)
         if formats:
-            measure_format_errors(model, data, res, formats, batch_size=args.batch_size, loss=args.loss,
-                                  output_name=args.loss_output, progress=not args.no_progress)
+            measure_format_errors(model, data, res, formats, batch_size=args.batch_size, loss=res.spec,
+                                  progress=not args.no_progress, shift=args.loss_model == "shift", seed=args.seed)
         AnnotateSensitivityPass(res)(model)
         outs.model(model, out)
         outs.commit()

@@ -12,7 +12,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from onnx_amp.tools.cli import number
+from onnx_amp.passes.lossmodel import LOSS_MODELS
+from onnx_amp.tools.cli import add_loss_flags, number
 
 DEFAULT_SOURCE = "smollm2"
 
@@ -43,8 +44,10 @@ def register(subparsers) -> None:
     g.add_argument("--accuracy_drop", type=number(float, 0),
                    help="allowed relative worsening of the task metric (default 0.01 = 1%%), found by bisection over tau "
                    "with ORT evaluations")
-    p.add_argument("--loss_model", choices=("measured", "ideal"), default="measured",
-                   help="predicted loss MSE from each tensor's actual rounding error (default) or the ideal alpha noise model")
+    p.add_argument("--loss_model", choices=LOSS_MODELS, default="measured",
+                   help="predicted loss MSE from each tensor's actual rounding error (measured, default), plus each "
+                   "error's second-order mean loss shift (shift), or the ideal alpha noise model (ideal)")
+    add_loss_flags(p)
     p.add_argument("--keep-intermediate", "--keep_intermediate", dest="keep_intermediate", action="store_true",
                    help="also write each stage's ONNX (.partitioned/.calibrated/.gains/.planned.onnx)")
     p.add_argument("-o", "--output_dir", metavar="DIR", help="output folder (default: beside the input)")
@@ -107,6 +110,7 @@ def run(args) -> int:
         output_dir=args.output_dir, name=args.name, keep_intermediate=args.keep_intermediate,
         calibration_samples=args.calibration_samples, validation_samples=args.validation_samples,
         seq_len=seq_len, batch_size=args.batch_size, profile_repeats=args.profile_repeats, roofline_batch=args.roofline_batch,
+        loss=None if args.loss == "auto" else args.loss, loss_output=args.loss_output,
         loss_model=args.loss_model, measure=args.measure, pareto=args.pareto, progress=args.progress,
         solver=args.solver, seed=args.seed, **({"force": True} if args.force else {}),
     )

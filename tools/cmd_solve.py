@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from onnx_amp.core.errors import OnnxAmpError
-from onnx_amp.tools.cli import number
+from onnx_amp.tools.cli import add_loss_flags, number
 
 
 def register(subparsers) -> None:
@@ -50,8 +50,7 @@ def register(subparsers) -> None:
     e.add_argument("--eval_samples", type=number(int, 1), default=32, metavar="N", help="use at most N samples (default 32)")
     e.add_argument("--eval_seq_len", type=number(int, 2), default=128, metavar="T", help="tokens per window for text data")
     e.add_argument("--batch_size", type=number(int, 1), default=8, metavar="B")
-    e.add_argument("--loss", default="auto", choices=["auto", "causal_lm", "classification"],
-                   help="per-sample loss (default: detected from the model's output)")
+    add_loss_flags(e)
     p.add_argument("--solver", default=None, help="HiGHS or CBC (default: the first of the two that mip can use here)")
     p.set_defaults(func=run)
 
@@ -82,7 +81,10 @@ def _measured_inputs(model, args, notes: list[str]):
     data = load_calibration_data(args.eval_data, model, args.tokenizer, args.eval_seq_len, args.eval_samples,
                                  flag="--eval_data")
     target = ann.get_json(model, ann.GAINS, {}).get("target")
-    ev = PlanEvaluator(model, list(data.batches(args.batch_size)), None if args.loss == "auto" else args.loss, target)
+    from onnx_amp.runtime.losses import calibrated_loss
+
+    loss = calibrated_loss(model, args.loss, args.loss_output)  # the loss the model was calibrated with
+    ev = PlanEvaluator(model, list(data.batches(args.batch_size)), loss, target)
     problem = problem_from_model(model)
     n = len(problem.unit_order) + (len(problem.neighbour_pairs()) if strategy == "ip-pairs" else 0)
     print(f"{strategy}: measuring on {data.num_samples} held-out samples (up to {n} ORT evaluations)", file=sys.stderr)
