@@ -156,6 +156,17 @@ class CalibrationData:
         if b is not None:
             yield b
 
+    def take(self, part: slice) -> "CalibrationData":
+        """The samples ``part.start`` to ``part.stop`` (in order; e.g. a ``torchrun`` rank's shard)."""
+        blocks, seen = [], 0
+        for block in self.blocks:
+            m = _block_len(block)
+            lo, hi = max(part.start - seen, 0), min(part.stop - seen, m)
+            if lo < hi:
+                blocks.append({k: v[lo:hi] for k, v in block.items()})
+            seen += m
+        return CalibrationData(blocks, f"{self.source}[{part.start}:{part.stop}]", dict(self.info))
+
     def split(self, holdout: int | float) -> tuple["CalibrationData", "CalibrationData"]:
         """(calibration, held-out): the last ``holdout`` samples (a count, or a fraction < 1) are held out."""
         n = self.num_samples

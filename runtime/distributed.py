@@ -46,10 +46,23 @@ def init_from_env(backend: str | None = None) -> bool:
         return False
     dist = _dist()
     if not dist.is_initialized():
+        import atexit
+
         import torch
 
         dist.init_process_group(backend or ("nccl" if torch.cuda.is_available() else "gloo"))
+        atexit.register(finish)
     return dist.get_world_size() > 1
+
+
+def finish() -> None:
+    """Leave the process group (its threads stopped before the interpreter exits: a gloo group
+    torn down at exit aborts the process); registered at exit by :func:`init_from_env`."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    dist = _dist()
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def world() -> tuple[int, int]:
@@ -106,6 +119,30 @@ def run_everywhere(fn: Callable[[], Any]) -> list[Any]:
         value, err = None, e
     all_ok(err)
     return gather(value)
+
+
+def everywhere(fn: Callable[[], Any]) -> Any:
+    """``fn()`` on this rank; if it failed on any rank, raise on every rank (no gathering of results)."""
+    try:
+        value, err = fn(), None
+    except Exception as e:  # noqa: BLE001 (re-raised on every rank by all_ok)
+        value, err = None, e
+    all_ok(err)
+    return value
+
+
+def on_main(fn: Callable[[], Any]) -> Any:
+    """``fn()`` run on rank 0 only, its result on every rank (an error there raised everywhere): for
+    work whose result differs from run to run (timing) and must be the same on every rank."""
+    rank, size = world()
+    if size == 1:
+        return fn()
+    try:
+        value, err = (fn() if rank == 0 else None), None
+    except Exception as e:  # noqa: BLE001 (re-raised on every rank by all_ok)
+        value, err = None, e
+    all_ok(err)
+    return gather(value)[0]
 
 
 def map_items(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:

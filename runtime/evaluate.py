@@ -27,6 +27,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnx_amp.core.errors import OnnxAmpError
+from onnx_amp.runtime import distributed as D
 from onnx_amp.passes.strategies import get_strategy, measured_strategies
 from onnx_amp.runtime.timing import DEFAULT_BACKEND, backend_of
 
@@ -238,8 +239,28 @@ class PlanEvaluator:
         from onnx_amp.passes.ip import measure_pairs
 
         measures = get_strategy(strategy).measures
+        if measures in ("units", "pairs") and D.world()[1] > 1:
+            return self._strategy_kwargs_spread(problem, measures)
         if measures == "units":
             return {"measure_unit": self.unit_measure(problem)}
         if measures == "pairs":
             return {"pairs": measure_pairs(problem, self.pair_measure(problem))}
         return {}
+
+    def _strategy_kwargs_spread(self, problem, measures: str) -> dict:
+        """:meth:`strategy_kwargs` over the ranks of a ``torchrun`` group: every plan it needs (each unit
+        alone, each neighbour pair) evaluated once on one rank (``distributed.map_items``), every rank
+        getting the same figures."""
+        from onnx_amp.passes.ip import measure_pairs
+
+        def mse(units) -> float:
+            return self.evaluate(self._low_units(problem, list(units)))["measured_mse"]
+
+        units = list(problem.unit_order)
+        single = dict(zip(units, D.map_items(lambda u: mse([u]), units)))
+        if measures == "units":
+            return {"measure_unit": single.__getitem__}
+        pairs = list(problem.neighbour_pairs())
+        both = dict(zip(pairs, D.map_items(mse, pairs)))
+        none = self.evaluate({})["measured_mse"]
+        return {"pairs": measure_pairs(problem, lambda a, b: both[(a, b)] - single[a] - single[b] + none)}

@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -297,8 +298,24 @@ def optimize(source: str | os.PathLike | ir.Model, **kwargs) -> Result:
         raise OnnxAmpError(f"optimize() got unknown option(s) {', '.join(sorted(unknown))}")
     c = RunConfig(source=source, **kwargs)
     c.validate()
-    st = _prepare(c)
-    final = run_stages(st)
+    from onnx_amp.runtime import distributed as D
+
+    D.init_from_env()  # under torchrun: join the group (calibration and plan evaluations spread over it)
+    if not D.is_main():  # the others write nothing where the user looks, and print nothing
+        c.output_dir, c.progress, c.verbose, c.report, c.gaudi, c.keep_intermediate = (
+            tempfile.mkdtemp(prefix="onnx-amp-rank-"), False, False, False, False, False)
+    try:
+        st = _prepare(c)
+        final = run_stages(st)
+    finally:
+        if not D.is_main():
+            shutil.rmtree(c.output_dir, ignore_errors=True)
+    if not D.is_main():
+        sol = st.solution  # the plan rank 0 writes; measured figures only there
+        return Result(name=st.name, output_dir=None, files={}, plan=dict(sol.plan), target=st.target.name,
+                      strategy=sol.strategy, metric=sol.metric, tau=st.tau, predicted_mse=sol.predicted_mse,
+                      measured_mse=float("nan"), predicted_gain_s=predicted_gain_s(st), time_ref_s=None,
+                      time_amp_s=None, measured_gain_s=None, task=None, model=st.model)
     sol = st.solution
     formats: dict[str, int] = {}
     for a in sol.plan.get("units", {}).values():

@@ -87,3 +87,13 @@ class Stage:
 
     def run(self, st: RunState) -> None:
         raise NotImplementedError
+
+
+class MainOnly(Stage):
+    """A stage that runs in one process only: under ``torchrun`` every process holds the same plan
+    after the solve, and rank 0 lowers, validates and writes it (``runtime.distributed``)."""
+
+    def skip(self, st: RunState) -> bool:
+        from onnx_amp.runtime import distributed as D
+
+        return not D.is_main()

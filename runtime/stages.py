@@ -17,8 +17,8 @@ from onnx_amp.core import annotations as ann
 from onnx_amp.core.errors import OnnxAmpError
 from onnx_amp.core.onnx_io import load_model, save_model
 from onnx_amp.runtime import preflight
-from onnx_amp.runtime.run_state import RunState, Stage
-from onnx_amp.runtime.stage_data import Data, batches
+from onnx_amp.runtime.run_state import MainOnly, RunState, Stage
+from onnx_amp.runtime.stage_data import Data, _n_samples, batches
 
 __all__ = ["STAGES", "RunState", "Stage", "batches", "predicted_gain_s", "results"]
 
@@ -102,9 +102,13 @@ class Calibrate(Stage):
         from onnx_amp.runtime.format_errors import measure_format_errors
         from onnx_amp.runtime.data import check_calibration
 
+        from onnx_amp.runtime import distributed as D
+
         c, m = st.config, st.model
-        res = calibrate(m, st.cal, loss=c.loss, batch_size=c.batch_size, tokenizer=c.tokenizer,
-                        seq_len=c.seq_len, output_name=c.loss_output, progress=c.progress)
+        cal = self._shard(st)  # under torchrun: this rank's samples; the figures are combined below
+        res = D.everywhere(lambda: calibrate(m, cal, loss=c.loss, batch_size=c.batch_size, tokenizer=c.tokenizer,
+                                             seq_len=c.seq_len, output_name=c.loss_output, progress=c.progress))
+        res = D.reduce_calibration(res)
         st.loss = res.spec
         # all-zero losses or sensitivities would make every plan look free: stop unless forced
         where = str(c.calibration_data) if isinstance(c.calibration_data, (str, os.PathLike)) else "calibration data"
@@ -114,15 +118,30 @@ class Calibrate(Stage):
             # rewrite's scales, and the INT8 output Q of the target's lowering ("measured"), plus
             # each one's second-order mean loss change ("shift"; passes.lossmodel), with the loss
             # the first pass resolved
-            measure_format_errors(m, st.cal, res, st.target.low_formats, batch_size=c.batch_size,
-                                  loss=res.spec or c.loss, progress=c.progress,
-                                  int8_output_q=st.lowering.get("int8_output_q", False),
-                                  shift=c.loss_model == "shift", seed=c.seed)
+            # (after the first reduction: the rounding uses the maxima of all samples)
+            D.everywhere(lambda: measure_format_errors(
+                m, cal, res, st.target.low_formats, batch_size=c.batch_size, loss=res.spec or c.loss,
+                progress=c.progress, int8_output_q=st.lowering.get("int8_output_q", False),
+                shift=c.loss_model == "shift", seed=c.seed))
+            res = D.reduce_calibration(res, samples=_n_samples(cal))
         AnnotateSensitivityPass(res)(m)
         if res.unmatched:
             st.notes.append(f"{len(res.unmatched)} layer(s) got no calibration figures: "
                             + ", ".join(u["layer"] for u in res.unmatched[:10]))
         st.keep("calibrated", "calibrated")
+
+    @staticmethod
+    def _shard(st: RunState) -> dict:
+        from onnx_amp.runtime import distributed as D
+
+        rank, size = D.world()
+        if size == 1:
+            return st.cal
+        n = _n_samples(st.cal)
+        if n < size:
+            raise OnnxAmpError(f"{n} calibration sample(s) for {size} processes: give at least one per process "
+                               "(--calibration_samples) or start fewer")
+        return {k: v[D.shard(n)] for k, v in st.cal.items()}
 
 
 class Gains(Stage):
@@ -135,17 +154,22 @@ class Gains(Stage):
         first = {k: v[:1] for k, v in st.val.items()}
         p_seq = c.profile_seq_len or next((v.shape[1] for v in st.val.values() if v.ndim >= 2), c.seq_len)
         if c.measure:
+            from onnx_amp.runtime import distributed as D
             from onnx_amp.runtime.profile import profile_model
 
-            feeds = {i.name: first[i.name] for i in m.graph.inputs if i.name in first}
-            pres = profile_model(m, st.target, feeds=feeds if len(feeds) == len(m.graph.inputs) else None,
-                                 batch_size=1, seq_len=p_seq, repeats=c.profile_repeats, max_configs=c.max_configs,
-                                 progress=c.progress, seed=c.seed)
-            if c.verbose:
-                print(f"[onnx-amp] measured: {pres.summary()}", flush=True)
-            if pres.backend != "ort_cpu" and len(feeds) == len(m.graph.inputs):
-                self._scale(st, pres, feeds)
-            GainsPass(st.target, pres.measured, 1, p_seq, c.max_configs)(m)
+            def measure() -> dict:
+                feeds = {i.name: first[i.name] for i in m.graph.inputs if i.name in first}
+                pres = profile_model(m, st.target, feeds=feeds if len(feeds) == len(m.graph.inputs) else None,
+                                     batch_size=1, seq_len=p_seq, repeats=c.profile_repeats, max_configs=c.max_configs,
+                                     progress=c.progress, seed=c.seed)
+                if c.verbose:
+                    print(f"[onnx-amp] measured: {pres.summary()}", flush=True)
+                if pres.backend != "ort_cpu" and len(feeds) == len(m.graph.inputs):
+                    self._scale(st, pres, feeds)
+                return pres.measured
+
+            # timings differ from process to process: under torchrun one process times, all use its figures
+            GainsPass(st.target, D.on_main(measure), 1, p_seq, c.max_configs)(m)
         else:
             # roofline at a serving batch: at batch 1 the target's per-boundary cost makes every
             # low-precision configuration of a small model a loss (nothing would be lowered)
@@ -247,7 +271,7 @@ class Solve(Stage):
             st.notes.append(f"Pareto sweep skipped: {e}")
 
 
-class Rewrite(Stage):
+class Rewrite(MainOnly):
     name = "rewrite"
 
     def run(self, st: RunState) -> None:
@@ -273,7 +297,7 @@ class Rewrite(Stage):
                                    f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
 
 
-class Validate(Stage):
+class Validate(MainOnly):
     """Measured loss MSE and task metric on the held-out samples, what the runtime really executed,
     and end-to-end time, all on the target's runtime (``runtime.timing.backend_of``): ORT exactly as
     always (exact Q/DQ sessions); another backend (OpenVINO) with its real kernels."""
@@ -326,7 +350,7 @@ class Validate(Stage):
                             + "; ".join(st.precision_check["text"].splitlines()[:5]))
 
 
-class Write(Stage):
+class Write(MainOnly):
     """The outputs, into the hidden folder (moved into place by the runner when every stage passed)."""
 
     name = "write"

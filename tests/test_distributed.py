@@ -129,3 +129,48 @@ def test_shards_cover_every_item_once():
             assert sum(parts, []) == list(range(n))
             assert max(map(len, parts)) - min(map(len, parts)) <= 1
     assert D.world() == (0, 1) and D.is_main() and D.map_items(lambda x: x + 1, [1, 2]) == [2, 3]
+
+
+def _cli(d, args, n: int | None):
+    """``onnx-amp ARGS`` in one process (``n`` None) or under torchrun with ``n`` processes."""
+    launch = [sys.executable, "-m", "onnx_amp.tools.cli"] if n is None else [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_addr", "127.0.0.1",
+        "--master_port", str(_free_port()), "-m", "onnx_amp.tools.cli"]
+    return subprocess.run(launch + args, capture_output=True, text=True, timeout=600, cwd=d)
+
+
+def test_run_under_torchrun_gives_the_single_process_plan(setup):
+    """``torchrun --nproc_per_node 2 -m onnx_amp.tools.cli run``: calibration over 2 processes, the
+    same plan as one process, outputs written once, one summary."""
+    import json
+
+    d, _ = setup
+    common = ["run", "m.onnx", "--calibration_data", "data.npz", "--validation_samples", "5", "--target", "gaudi2",
+              "--no-measure", "--metric", "memory", "--tau_relative", "0.3", "--no-pareto", "--no-progress"]
+    one = _cli(d, common + ["-o", "one"], None)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _cli(d, common + ["-o", "two"], 2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    plan1, plan2 = (json.loads((d / o / "plan.json").read_text()) for o in ("one", "two"))
+    assert plan1["units"] and plan2["units"] == plan1["units"]
+    assert sorted(p.name for p in (d / "two").iterdir()) == sorted(p.name for p in (d / "one").iterdir())
+    assert two.stdout.count("predicted") == one.stdout.count("predicted") >= 1  # one summary, from rank 0
+    assert not list(d.glob("two/.*")), "no hidden work folder left behind"
+
+
+def test_calibrate_cli_under_torchrun_equals_one_process(setup):
+    from onnx_amp.core import annotations as A
+    from onnx_amp.passes.lossmodel import layer_stats_from_model
+    from onnx_amp.runtime.onnx_io import load_model
+
+    d, _ = setup
+    args = ["calibrate", "m.onnx", "--calibration_data", "data.npz", "--batch_size", "4", "--no_progress"]
+    one, three = _cli(d, args + ["-o", "c1.onnx"], None), _cli(d, args + ["-o", "c3.onnx"], 3)
+    assert one.returncode == 0 and three.returncode == 0, three.stderr[-3000:]
+    assert three.stdout.count("calibrated ") == 1
+    a, b = (load_model(d / f) for f in ("c1.onnx", "c3.onnx"))
+    sa, sb = layer_stats_from_model(a), layer_stats_from_model(b)
+    assert set(sa) == set(sb) and A.get_json(b, A.CALIBRATION)["samples"] == 23
+    for lid, st in sa.items():
+        assert sb[lid].s_a == pytest.approx(st.s_a, rel=1e-5) and sb[lid].s_w == pytest.approx(st.s_w, rel=1e-5)
+        assert sb[lid].extra["w"]["int8"] == pytest.approx(st.extra["w"]["int8"], rel=1e-5)

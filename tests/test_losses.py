@@ -174,7 +174,6 @@ def test_a_loss_named_module_function(tmp_path, monkeypatch):
 def test_run_cli_loss_flags_reach_every_stage(tmp_path):
     """``onnx-amp run --loss output_mse --loss_output z``: calibration and the held-out measurement
     use that loss on that output (not the one detection would pick), and a bad name is one line."""
-    import json
     import subprocess
     import sys
 

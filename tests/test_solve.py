@@ -406,7 +406,10 @@ def test_plan_evaluator_on_real_minilm(minilm_annotated, minilm_eval):
     u = prob.unit_order[3]
     units = {u: {"weight": "fp8_e4m3", "activation": "fp8_e4m3"}}
     one = ev.evaluate(units)["measured_mse"]
-    assert one > none["measured_mse"]
+    # one FP8 unit among BF16 ones can cancel part of their error on 6 samples (it does for this unit):
+    # it must change the figure; all units in FP8 must raise it well above the BF16 plan's
+    assert one != none["measured_mse"]
+    assert ev.evaluate(ev._low_units(prob, prob.unit_order))["measured_mse"] > 10 * none["measured_mse"]
     c = m.clone()
     ApplyPlanPass(Plan.from_json({"version": 1, "units": units}), target="gaudi2")(c)
     independent, _ = measured_loss_mse(m, rewrite(c, "emulate")[0], minilm_eval[1], progress=False)

@@ -72,7 +72,24 @@ def _formats(args, model) -> list[str]:
     return resolve_target(args.target or ("cpu" if model is None else None), model, default="cpu").low_formats
 
 
+def _shard(data):
+    """This process's samples under ``torchrun`` (all of them otherwise)."""
+    from onnx_amp.core.errors import OnnxAmpError
+    from onnx_amp.runtime import distributed as D
+
+    rank, size = D.world()
+    if size == 1:
+        return data
+    if data.num_samples < size:
+        raise OnnxAmpError(f"{data.num_samples} calibration sample(s) for {size} processes: give at least one "
+                           "per process or start fewer")
+    return data.take(D.shard(data.num_samples))
+
+
 def run(args) -> int:
+    from onnx_amp.runtime import distributed as D
+
+    D.init_from_env()  # under torchrun: calibrate a shard of the samples per process
     import numpy as np
     import torch
 
@@ -86,6 +103,10 @@ def run(args) -> int:
 
     src = Path(args.input)
     out = Path(args.output) if args.output else src.with_name(src.stem + ".calib.onnx")
+    if not D.is_main():  # under torchrun only rank 0 writes (and locks) the output
+        import tempfile
+
+        out = Path(tempfile.mkdtemp(prefix="onnx-amp-rank-")) / out.name
     with Outputs(inputs=[src, args.calibration_data]) as outs:
         outs.add(out, "-o", model=True)
         check_data_file(args.calibration_data)
@@ -99,15 +120,25 @@ def run(args) -> int:
         notes += fill_input_shapes(model, data.blocks[0], src)
         torch.manual_seed(args.seed)
         np.random.seed(args.seed)
-        res = calibrate(model, data, loss=args.loss, batch_size=args.batch_size, output_name=args.loss_output,
-                        progress=not args.no_progress)
+        part, progress = _shard(data), not args.no_progress and D.is_main()
+        res = D.everywhere(lambda: calibrate(model, part, loss=args.loss, batch_size=args.batch_size,
+                                             output_name=args.loss_output, progress=progress))
+        res = D.reduce_calibration(res)  # under torchrun: every process's figures combined
         notes += check_calibration(res, str(args.calibration_data), args.force)
         if formats:
-            measure_format_errors(model, data, res, formats, batch_size=args.batch_size, loss=res.spec,
-                                  progress=not args.no_progress, shift=args.loss_model == "shift", seed=args.seed)
+            D.everywhere(lambda: measure_format_errors(
+                model, part, res, formats, batch_size=args.batch_size, loss=res.spec, progress=progress,
+                shift=args.loss_model == "shift", seed=args.seed))
+            res = D.reduce_calibration(res, samples=part.num_samples)
         AnnotateSensitivityPass(res)(model)
-        outs.model(model, out)
-        outs.commit()
+        if D.is_main():  # one process writes and reports
+            outs.model(model, out)
+            outs.commit()
+    if not D.is_main():
+        import shutil
+
+        shutil.rmtree(out.parent, ignore_errors=True)
+        return 0
     for n in notes:  # after the outputs exist: a failure stays one line
         print(f"note: {n}", file=sys.stderr)
     print(f"calibrated {len(res.layers)} layers on {res.samples} samples ({res.batches} batches, "

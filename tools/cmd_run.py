@@ -114,7 +114,10 @@ def run(args) -> int:
         loss_model=args.loss_model, measure=args.measure, pareto=args.pareto, progress=args.progress,
         solver=args.solver, seed=args.seed, **({"force": True} if args.force else {}),
     )
-    print(res.summary())
-    for n in res.notes:
-        print(f"  note: {n}", file=sys.stderr)
+    from onnx_amp.runtime import distributed as D
+
+    if D.is_main():  # under torchrun: one summary, from the process that wrote the outputs
+        print(res.summary())
+        for n in res.notes:
+            print(f"  note: {n}", file=sys.stderr)
     return 0
