@@ -66,7 +66,7 @@ INT8_OUTPUT_Q = ORT_CPU_LOWERING["int8_output_q"]
 def _rewrite(model: ir.Model, int8_output_q: bool | str = INT8_OUTPUT_Q) -> ir.Model:
     from onnx_amp.passes.rewrite import RewritePass
 
-    return RewritePass(form="emulate", int8_output_q=int8_output_q, ort_int8_layout=True)(model).model
+    return RewritePass(form="emulate", **dict(ORT_CPU_LOWERING, int8_output_q=int8_output_q))(model).model
 
 
 def lower_config(region_model: ir.Model, config: Config, target: Target,

@@ -144,11 +144,26 @@ class Calibrate(Stage):
         return {k: v[D.shard(n)] for k, v in st.cal.items()}
 
 
+def ensure_ranges(st: RunState) -> None:
+    """The ranges of the tensors between layers (``runtime.ranges``) that a lowering with
+    ``int8_chains`` needs, recorded once over the calibration samples (before timing regions, and
+    before the rewrite of a model calibrated earlier)."""
+    from onnx_amp.passes.int8_chains import AMAX_OUT
+
+    if not st.lowering.get("int8_chains") or any(AMAX_OUT in n.metadata_props for n in st.model.graph):
+        return
+    from onnx_amp.runtime.ranges import record_ranges
+
+    record_ranges(st.model, batches(st.cal, st.config.batch_size))
+
+
 class Gains(Stage):
     name = "profile/gains"
 
     def run(self, st: RunState) -> None:
         from onnx_amp.passes.gains import GainsPass
+
+        ensure_ranges(st)
 
         c, m = st.config, st.model
         first = {k: v[:1] for k, v in st.val.items()}
@@ -287,6 +302,7 @@ class Rewrite(MainOnly):
                 st.notes.append(note)
                 if st.config.verbose:
                     print(f"[onnx-amp] {note}", flush=True)
+        ensure_ranges(st)
         st.amp, st.rewrite_report = rewrite(st.model, "emulate", **st.lowering)
         st.deploy, _ = rewrite(st.model, "deploy")
         for m, form in ((st.amp, "emulate"), (st.deploy, "deploy")):

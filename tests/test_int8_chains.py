@@ -87,8 +87,9 @@ def feeds():
 
 def test_chains_fuse_the_whole_network(feeds, tmp_path):
     model = int8(resnet(), feeds)
-    per_layer, _ = rewrite(model, "emulate", **ORT_CPU_LOWERING)
-    chained, rep = rewrite(model, "emulate", **dict(ORT_CPU_LOWERING, int8_chains=True))
+    assert ORT_CPU_LOWERING["int8_chains"], "the CPU target ships the chained lowering"
+    per_layer, _ = rewrite(model, "emulate", **dict(ORT_CPU_LOWERING, int8_chains=False))
+    chained, rep = rewrite(model, "emulate", **ORT_CPU_LOWERING)
     before, after = fused_ops(per_layer, tmp_path, "per_layer"), fused_ops(chained, tmp_path, "chained")
     assert after.get("QLinearConv", 0) == 5 and after.get("QLinearAdd", 0) == 2, after
     assert after.get("QGemm", 0) == 1 and after.get("QLinearGlobalAveragePool", 0) == 1, after  # int32 bias
@@ -115,7 +116,7 @@ def test_chains_change_no_rounding_the_layers_did_not_already_do(feeds):
 
     model = int8(resnet(), feeds)
     ref = run(make_session(model.clone()), feeds)["logits"]
-    per_layer, _ = rewrite(model, "emulate", **ORT_CPU_LOWERING)
+    per_layer, _ = rewrite(model, "emulate", **dict(ORT_CPU_LOWERING, int8_chains=False))
     chained, _ = rewrite(model, "emulate", **dict(ORT_CPU_LOWERING, int8_chains=True))
     a = run(make_session(per_layer, exact_qdq=True), feeds)["logits"]
     b = run(make_session(chained, exact_qdq=True), feeds)["logits"]
@@ -139,7 +140,7 @@ def test_a_tensor_with_a_float_consumer_stays_float(feeds, tmp_path):
     from onnx_amp.runtime.ort_session import make_session, run
 
     ref = run(make_session(model.clone()), feeds)["gate"]
-    per_layer, _ = rewrite(model, "emulate", **ORT_CPU_LOWERING)
+    per_layer, _ = rewrite(model, "emulate", **dict(ORT_CPU_LOWERING, int8_chains=False))
     err_chained = np.abs(run(make_session(chained, exact_qdq=True), feeds)["gate"] - ref).max()
     err_per_layer = np.abs(run(make_session(per_layer, exact_qdq=True), feeds)["gate"] - ref).max()
     # the float path carries what the INT8 layers' rounding (and, as without chains, the INT8 Conv's
@@ -158,6 +159,6 @@ def test_the_fusion_report_counts_every_layer_ort_fused(feeds):
     chained, _ = rewrite(model, "emulate", **dict(ORT_CPU_LOWERING, int8_chains=True))
     rep = ort.fused_int8(model, chained)
     assert rep["int8_planned"] == 6 and rep["executed"]["int8"] == 6 and not rep["mismatches"], rep["text"]
-    per_layer, _ = rewrite(model, "emulate", **ORT_CPU_LOWERING)
+    per_layer, _ = rewrite(model, "emulate", **dict(ORT_CPU_LOWERING, int8_chains=False))
     rep = ort.fused_int8(model, per_layer)
     assert [m["node"] for m in rep["mismatches"]] == ["fc"], rep["text"]

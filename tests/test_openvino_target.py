@@ -138,8 +138,10 @@ def test_plan_evaluator_runs_exact_openvino_sessions(mlp):
     ev.cache.clear()
     assert ev.evaluate(plan) == first  # exact sessions: deterministic
     # ORT evaluation of the cpu target is unchanged: ORT's exact_qdq sessions
+    from onnx_amp.passes.rewrite import ORT_CPU_LOWERING
+
     ev_cpu = PlanEvaluator(model, batches, loss=lambda out, b: (out ** 2).mean(-1), target="cpu")
-    assert ev_cpu.backend == "ort_cpu" and ev_cpu.lowering == {"int8_output_q": "conv", "ort_int8_layout": True}
+    assert ev_cpu.backend == "ort_cpu" and ev_cpu.lowering == ORT_CPU_LOWERING
     _, low = _mixed(model, {}, seed=1)
     mse, metric = evaluate_models(model, low, batches, loss=lambda out, b: (out ** 2).mean(-1),
                                   backend="openvino_cpu", exact=False)
