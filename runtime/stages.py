@@ -293,8 +293,8 @@ class Rewrite(MainOnly):
         from onnx_amp.passes.rewrite import check_model, rewrite
 
         if (st.evaluator is not None and st.config.accuracy_drop is not None and st.config.measure
-                and st.target.measured_backend not in (None, "ort_cpu", "torch_cuda")):
-            # the plan against the uniform formats, end to end (runtime.uniform_guard); never for ORT
+                and st.target.measured_backend not in (None, "torch_cuda")):
+            # the plan against the uniform formats, end to end (runtime.uniform_guard)
             from onnx_amp.runtime.uniform_guard import uniform_guard
 
             note = uniform_guard(st)

@@ -1,13 +1,14 @@
-"""The plan against the uniform formats, end to end, before it ships (backends other than ORT).
+"""The plan against the uniform formats, end to end, before it ships (every measured backend).
 
-The solver adds region gains. On OpenVINO a format's end-to-end gain differs from the sum of its
-region gains (kernels fuse across region boundaries; region timings on a loaded machine are noisy),
+The solver adds region gains. A format's end-to-end gain differs from the sum of its region gains
+(OpenVINO fuses kernels across region boundaries, and so does ORT once INT8 tensors stay quantized
+between regions, ``passes.int8_chains``; region timings on a loaded machine are noisy),
 so the solver's mixed plan can be slower than a uniform format that also meets the accuracy bound
 (SmolLM2: plan 1.59x, uniform BF16 1.71x over FP32, both within 1 % perplexity; measured). Before
 the rewrite, :func:`uniform_guard` evaluates each uniform low format (every unit in it, as far as the
 gain table allows) with the run's plan evaluator (the accuracy bound, exact sessions), times the
 plan and the uniform plans that meet the bound side by side on the target's backend, and keeps the
-plan unless a uniform one is faster by more than ``MARGIN``. Nothing changes for ORT (``cpu``).
+plan unless a uniform one is faster by more than ``MARGIN``.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def uniform_guard(st) -> str | None:
     from onnx_amp.runtime.timing import backend_of, time_model
 
     c, ev = st.config, st.evaluator
-    cands = []
+    cands, outside = [], []
     for f in st.target.low_formats:
         sol = uniform_solution(st.problem, f, st.solution)
         if sol is None or sol.plan["units"] == st.solution.plan.get("units"):
@@ -62,8 +63,11 @@ def uniform_guard(st) -> str | None:
         after = ev.evaluate(sol.plan["units"])["metric"]["after"]
         if _within(after, ev.reference_metric, c.accuracy_drop):
             cands.append((sol, after))
+        else:
+            outside.append(f"{sol.strategy} ({ev.metric_name} {after:.4g})")
     if not cands:
-        return None
+        return (f"kept the solver's plan: the uniform plan(s) {', '.join(outside)} miss the accuracy bound"
+                if outside else None)
     models = [rewrite(st.model, "emulate", **st.lowering)[0]]
     for sol, _ in cands:
         m = st.model.clone()
