@@ -259,8 +259,16 @@ class Solve(Stage):
         c, ev = st.config, st.evaluator
         ref = ev.reference_metric
 
-        def evaluate(plan: dict) -> float:
-            return ev.evaluate(plan["units"])["metric"]["after"]
+        seen = [0]
+
+        def evaluate(plan: dict) -> float:  # each real evaluation announced: the search is never silent
+            after = ev.evaluate(plan["units"])["metric"]["after"]
+            seen[0] += 1
+            if c.verbose:
+                print(f"[onnx-amp]   accuracy bound, evaluation {seen[0]}: {len(plan['units'])} unit(s) lowered, "
+                      f"{ev.metric_name} {ref['before']:.4g} -> {after:.4g} (allowed drop {c.accuracy_drop:.2%})",
+                      flush=True)
+            return after
 
         common = {"relative": True, "higher_is_better": ref["higher_is_better"], "baseline": ref["before"],
                   "strategy": c.strategy, "metric": c.metric, **kw}

@@ -198,3 +198,15 @@ def test_run_cli_loss_flags_reach_every_stage(tmp_path):
     assert A.get_json(out, A.CALIBRATION)["loss"] == {"name": "output_mse", "output": "z", "kind": "logits"}
     bad = subprocess.run(cmd + ["--loss", "nope"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--loss" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_the_accuracy_search_announces_each_evaluation(tmp_path, capsys):
+    """The search for the accuracy bound runs real evaluations; each one is a line (never silent)."""
+    from onnx_amp.runtime.pipeline import optimize
+
+    data = {"x": np.random.default_rng(0).standard_normal((24, 8)).astype(np.float32)}
+    optimize(classifier(None), calibration_data=data, target="gaudi2", measure=False, metric="memory",
+             output_dir=tmp_path, name="clf", pareto=False, progress=False, verbose=True, report=False, gaudi=False)
+    lines = [x for x in capsys.readouterr().out.splitlines() if "accuracy bound, evaluation" in x]
+    assert lines and lines[0].startswith("[onnx-amp]   accuracy bound, evaluation 1:"), lines
+    assert all("unit(s) lowered" in x and "allowed drop 1.00%" in x for x in lines)
