@@ -87,6 +87,16 @@ def shard(n: int, rank: int | None = None, size: int | None = None) -> slice:
     return slice(start, start + base + (1 if r < extra else 0))
 
 
+def my_samples(n: int) -> slice:
+    """This rank's share of ``n`` calibration samples (all of them outside a group); every rank
+    needs at least one."""
+    rank, size = world()
+    if n < size:
+        raise OnnxAmpError(f"{n} calibration sample(s) for {size} processes: give at least one per process "
+                           "(--calibration_samples) or start fewer")
+    return shard(n, rank, size)
+
+
 def gather(obj: Any) -> list[Any]:
     """Every rank's ``obj``, in rank order, on every rank (``[obj]`` outside a group)."""
     rank, size = world()

@@ -134,14 +134,8 @@ class Calibrate(Stage):
     def _shard(st: RunState) -> dict:
         from onnx_amp.runtime import distributed as D
 
-        rank, size = D.world()
-        if size == 1:
-            return st.cal
-        n = _n_samples(st.cal)
-        if n < size:
-            raise OnnxAmpError(f"{n} calibration sample(s) for {size} processes: give at least one per process "
-                               "(--calibration_samples) or start fewer")
-        return {k: v[D.shard(n)] for k, v in st.cal.items()}
+        part = D.my_samples(_n_samples(st.cal))
+        return {k: v[part] for k, v in st.cal.items()}
 
 
 def ensure_ranges(st: RunState) -> None:

@@ -74,16 +74,10 @@ def _formats(args, model) -> list[str]:
 
 def _shard(data):
     """This process's samples under ``torchrun`` (all of them otherwise)."""
-    from onnx_amp.core.errors import OnnxAmpError
     from onnx_amp.runtime import distributed as D
 
-    rank, size = D.world()
-    if size == 1:
-        return data
-    if data.num_samples < size:
-        raise OnnxAmpError(f"{data.num_samples} calibration sample(s) for {size} processes: give at least one "
-                           "per process or start fewer")
-    return data.take(D.shard(data.num_samples))
+    part = D.my_samples(data.num_samples)
+    return data if part == slice(0, data.num_samples) else data.take(part)
 
 
 def run(args) -> int:
