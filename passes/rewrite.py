@@ -105,15 +105,19 @@ class RewritePass(ir.passes.FunctionalPass):
     ``Cast`` pair runs in f32 there. ORT CPU has no bf16 MatMul/Conv, and bf16 ``Conv`` is ONNX only
     from opset 22: such models are for OpenVINO (``runtime.backends.openvino``). ``int8_chains``: keep a
     tensor quantized between INT8 layers when all its consumers are quantized, so the runtime fuses
-    whole chains (``passes.int8_chains``; replaces ``int8_output_q``). The report of the last
+    whole chains (``passes.int8_chains``; replaces ``int8_output_q``). ``bf16_chains`` (with
+    ``bf16_compute``): keep a tensor in bf16 between BF16 layers when that changes no number
+    (``passes.bf16_chains``). The report of the last
     call is ``self.report`` (also stored as the model key ``onnx_amp.rewrite``).
     """
 
     def __init__(self, form: str = "emulate", int8_output_q: bool | str = False, reduce_range: bool = False,
-                 ort_int8_layout: bool = False, bf16_compute: bool = False, int8_chains: bool = False):
+                 ort_int8_layout: bool = False, bf16_compute: bool = False, int8_chains: bool = False,
+                 bf16_chains: bool = False):
         super().__init__()
         self.bf16_compute = bf16_compute
         self.int8_chains = int8_chains
+        self.bf16_chains = bf16_chains
         if int8_output_q not in (True, False, "conv"):
             raise OnnxAmpError(f"int8_output_q must be True, False or 'conv', not {int8_output_q!r}")
         self.ort_int8_layout = ort_int8_layout
@@ -190,6 +194,13 @@ class RewritePass(ir.passes.FunctionalPass):
         rw.drop_dead_weights()
         if chains:
             self._chains(out, rw)
+        if self.bf16_chains and self.bf16_compute and self.form == "emulate":
+            from onnx_amp.passes.bf16_chains import keep_bf16
+
+            r = keep_bf16(out, rw.fresh)
+            rw.report.notes.append(f"bf16 chains: {r['tensors']} tensor(s) kept in bf16 between BF16 layers, "
+                                   f"{r['ops_in_bf16']} op(s) run in bf16, {r['casts_to_bf16_removed']} Cast(s) "
+                                   f"to bf16 and {r['float_ops_removed']} float op(s) removed")
         if self.ort_int8_layout and self.form == "emulate":
             activations_to_uint8(out)
             dedicate_dq(out)
@@ -200,8 +211,9 @@ class RewritePass(ir.passes.FunctionalPass):
 
 def rewrite(model: ir.Model, form: str = "emulate", int8_output_q: bool | str = False,
             reduce_range: bool = False, ort_int8_layout: bool = False,
-            bf16_compute: bool = False, int8_chains: bool = False) -> tuple[ir.Model, RewriteReport]:
-    p = RewritePass(form, int8_output_q, reduce_range, ort_int8_layout, bf16_compute, int8_chains)
+            bf16_compute: bool = False, int8_chains: bool = False,
+            bf16_chains: bool = False) -> tuple[ir.Model, RewriteReport]:
+    p = RewritePass(form, int8_output_q, reduce_range, ort_int8_layout, bf16_compute, int8_chains, bf16_chains)
     out = p(model).model
     return out, p.report
 

@@ -65,7 +65,7 @@ def test_check_formats_lowering(be):
     assert "fp32" in fm and "FP32" in caps
     assert set(fm) == {OV.CAPABILITY_FORMATS[c] for c in caps if c in OV.CAPABILITY_FORMATS}
     assert not any(f.startswith("fp8") for f in fm)  # no FP8 arithmetic: FP8 runs as bf16 (EXECUTES_AS)
-    assert be.lowering == {"bf16_compute": True}
+    assert be.lowering == {"bf16_compute": True, "bf16_chains": True}
     cfg = OV.compile_config(timing=True, threads=1)
     assert cfg["INFERENCE_PRECISION_HINT"] == "f32" and cfg["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == 0
     assert cfg["INFERENCE_NUM_THREADS"] == 1 and cfg["NUM_STREAMS"] == 1
@@ -275,6 +275,42 @@ def test_bf16_compute_lowering(convnet, mlp):
     # INT8 layers and the default are unchanged: float compute
     for low in (F.lowered(model, "int8", "int8", {"bf16_compute": True}), F.lowered(model, "bf16", "bf16", {})):
         assert all(n.outputs[0].dtype in (None, ir.DataType.FLOAT) for n in low.graph if n.op_type == "MatMul")
+
+
+def _runtime_ops(session) -> int:
+    return len(session.compiled.get_runtime_model().get_ops())
+
+
+def test_bf16_chains_keep_activations_in_bf16_between_bf16_layers(be, convnet):
+    """OpenVINO's lowering keeps the tensor between two BF16 convs in bf16 (the Relu runs on it), and
+    only there: the last Relu feeds a float GlobalAveragePool and stays float. OpenVINO runs those
+    Relus inside the bf16 convolutions (the unchained plan's convert-relu-convert kernels are gone)
+    and gives the unchained plan's outputs to bf16 rounding."""
+    from onnx_amp.passes.bf16_chains import keep_bf16
+
+    model, feeds = convnet
+    assert OV.LOWERING.get("bf16_chains") and OV.LOWERING.get("bf16_compute")
+    plain = F.lowered(model, "bf16", "bf16", {"bf16_compute": True})
+    chained = F.lowered(model, "bf16", "bf16", OV.LOWERING)
+    casts = [sum(n.op_type == "Cast" for n in m.graph) for m in (plain, chained)]
+    assert casts[1] == casts[0] - 6, casts  # 3 tensors: their Cast to float and back both gone
+    relu_in = [n.inputs[0].dtype for n in chained.graph if n.op_type == "Relu"]
+    assert relu_in == [ir.DataType.BFLOAT16] * 3 + [ir.DataType.FLOAT], relu_in
+    again = chained.clone()
+    assert keep_bf16(again, lambda s: s + "_x")["tensors"] == 0  # nothing left to chain
+    s0, s1 = be.session(plain), be.session(chained)
+    y0, y1 = s0.run(feeds)["y"], s1.run(feeds)["y"]
+    assert np.abs(y1 - y0).max() <= 2e-2 * np.abs(y0).max()
+    assert _runtime_ops(s1) <= _runtime_ops(s0) - 3, (_runtime_ops(s0), _runtime_ops(s1))
+
+
+def test_bf16_chains_leave_float_consumers_float(convnet):
+    """A tensor that any float op or graph output reads keeps its float values: with the convs in
+    FP32 nothing is chained, and the graph is the unchained one."""
+    model, _ = convnet
+    fp = F.lowered(model, "fp32", "fp32", OV.LOWERING)
+    assert not any(n.op_type == "Cast" for n in fp.graph)
+    assert all(n.outputs[0].dtype in (None, ir.DataType.FLOAT) for n in fp.graph if n.op_type == "Relu")
 
 
 # ---------------------------------------------------------------------------------------------

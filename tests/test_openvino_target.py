@@ -130,7 +130,7 @@ def test_plan_evaluator_runs_exact_openvino_sessions(mlp):
     model, feeds = mlp
     batches = [{"x": feeds["x"] + 0.1 * i} for i in range(2)]
     ev = PlanEvaluator(model, batches, loss=lambda out, b: (out ** 2).mean(-1), target="openvino")
-    assert ev.backend == "openvino_cpu" and ev.lowering == {"bf16_compute": True}
+    assert ev.backend == "openvino_cpu" and ev.lowering == {"bf16_compute": True, "bf16_chains": True}
     units = sorted({n.metadata_props[A.UNIT] for n in A.layer_nodes(model.graph)})
     plan = {u: {"weight": "int8", "activation": "int8"} for u in units}
     first = ev.evaluate(plan)

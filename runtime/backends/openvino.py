@@ -75,7 +75,7 @@ CAPABILITY_FORMATS = {"FP32": "fp32", "BF16": "bf16", "FP16": "fp16", "INT8": "i
 #: planned format -> the precision OpenVINO's CPU plugin runs it at with :data:`LOWERING` (measured)
 EXECUTES_AS = {"fp32": "fp32", "fp16": "fp32", "bf16": "bf16", "int8": "int8", "fp8_e4m3": "bf16", "fp8_e5m2": "bf16"}
 #: the rewrite options giving the graph form OpenVINO runs at the planned precision
-LOWERING = {"bf16_compute": True}
+LOWERING = {"bf16_compute": True, "bf16_chains": True}
 #: inference threads of a timing session (``timing=True``) when none are given (see :func:`compile_config`)
 TIMING_THREADS = 1
 _WIDTH = {"int8": 8, "fp8_e4m3": 8, "fp8_e5m2": 8, "bf16": 16, "fp16": 16, "fp32": 32}
