@@ -41,15 +41,35 @@ def envs_dir() -> Path:
     return Path(os.environ.get("PEER_ENVS", "/work/peer_envs"))
 
 
-def setup(peers: list[str]) -> None:
-    names = [p for p in peers if p in RUNNERS]
-    if names:
-        subprocess.run(["bash", str(HERE / "setup.sh"), *names], check=True)
+def setup(peers: list[str], root: Path) -> None:
+    """``setup.sh`` once per peer; a peer whose set-up fails is recorded (``ROOT/setup-<peer>.log``) and
+    reported as that peer's row (``run_peer``) instead of stopping the benchmark."""
+    for p in peers:
+        if p not in RUNNERS:
+            continue
+        log = root / f"setup-{p}.log"
+        with open(log, "w") as f:
+            rc = subprocess.run(["bash", str(HERE / "setup.sh"), p], stdout=f, stderr=subprocess.STDOUT).returncode
+        lines = [x for x in log.read_text(errors="replace").splitlines() if not x.startswith("WARNING: Location")]
+        print("\n".join(x for x in lines if x.startswith("[setup]")), flush=True)
+        if rc != 0:
+            print(f"[peers] set-up of {p} failed (exit {rc}): {' | '.join(lines[-3:])}", flush=True)
+
+
+def _env_missing(env: str, root: Path) -> str | None:
+    """Why ``env``'s venv cannot run (None when it can): no marker of a passed import check."""
+    d = envs_dir() / env
+    if (d / ".peer-ok").exists() and (d / "bin" / "python").exists():
+        return None
+    log = root / f"setup-{env.rstrip('0123456789')}.log"
+    why = _log_tail(log, 3) if log.exists() else "setup.sh was not run (--no-setup)"
+    return f"venv {d} not set up: {why}"
 
 
 def _log_tail(path: Path, n: int = 3) -> str:
     try:
-        lines = [x for x in path.read_text(errors="replace").splitlines() if x.strip()]
+        lines = [x for x in path.read_text(errors="replace").splitlines()
+                 if x.strip() and not x.startswith("WARNING: Location")]  # pip's notes on this machine's index
     except OSError:
         return ""
     return " | ".join(lines[-n:])
@@ -62,13 +82,17 @@ def run_peer(info: dict, peer: str, root: Path, args) -> list[dict]:
         job = D.write_job(info, folder, root)
         res_path = job.parent / "result.json"
         py = envs_dir() / env / "bin" / "python"
+        missing = _env_missing(env, root)
+        if missing:
+            out.append({"tool": peer, "env": env, "name": folder, "error": missing, "backend": "ort_cpu"})
+            continue
         if args.fresh or not res_path.exists() or not json.loads(res_path.read_text()).get("done"):
             t0 = time.perf_counter()
             log = job.parent / "log.txt"
             print(f"[peers] {info['subject']}: {peer} ({env}) ...", flush=True)
             with open(log, "w") as f:
                 try:
-                    rc = subprocess.run([str(py), str(HERE / script), str(job), *extra], cwd=str(HERE), stdout=f,
+                    rc = subprocess.run([str(py), str(HERE / script), str(job), *extra], cwd=str(job.parent), stdout=f,
                                         stderr=subprocess.STDOUT, timeout=args.budget_s * 2 + 600).returncode
                 except subprocess.TimeoutExpired:
                     rc = "timeout"
@@ -193,7 +217,7 @@ def main(argv=None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     os.environ["PEER_AMP_BUDGET_S"] = os.environ["PEER_INC_BUDGET_S"] = str(args.budget_s)
     if not args.no_setup:
-        setup(args.peers)
+        setup(args.peers, root)
     from onnx_amp.tools.bench.peers import report
     from onnx_amp.tools.bench.peers.measure import measure_subject
 
