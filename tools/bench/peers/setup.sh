@@ -59,11 +59,14 @@ for p in "${PEERS[@]}"; do
         pipin inc "$ORT" "$ONNX" "$NUMPY" psutil py-cpuinfo prettytable pyyaml schema deprecated
         check inc "import neural_compressor; print('inc', neural_compressor.__version__)"
       fi
+      # onnx 1.17.0 here: INC 2.6's quantizer calls onnx.mapping, which later onnx releases removed
+      # ("module 'onnx' has no attribute 'mapping'" with onnx 1.23.2). numpy stays 2.x (INC 2.6 asks for
+      # numpy<2, but pandas/opencv/ml-dtypes need >=2 and its ONNX Runtime path runs with 2.x)
       if mkenv inc2; then
         pipin inc2 --no-deps "neural-compressor==2.6"
-        pipin inc2 "$ORT" "$ONNX" "$NUMPY" psutil py-cpuinfo prettytable pyyaml schema deprecated requests \
+        pipin inc2 "$ORT" "onnx==1.17.0" "$NUMPY" psutil py-cpuinfo prettytable pyyaml schema deprecated requests \
           scikit-learn pandas pillow opencv-python-headless pycocotools onnxruntime-extensions six
-        check inc2 "from neural_compressor import quantization, PostTrainingQuantConfig; print('inc2 ok')"
+        check inc2 "import onnx.mapping; from neural_compressor import quantization, PostTrainingQuantConfig; print('inc2 ok')"
       fi ;;
     aimet)  # Qualcomm AIMET for ONNX (torch is a dependency: pinned in the same command)
       if mkenv aimet; then
