@@ -78,9 +78,15 @@ class OvRunner:
 def runner(v: dict, threads: int = 1) -> Callable[[dict], np.ndarray]:
     if v["backend"] == "openvino_cpu":
         return OvRunner(v["model"], threads)
+    return OrtRunner(v["model"], threads, disabled=disabled_optimizers(v))
+
+
+def disabled_optimizers(v: dict) -> tuple:
+    """The ORT graph transformers a variant runs without: onnx-amp's own session options (CSE off), or
+    the ones a peer's runner had to turn off for ORT to load its model (``disabled_optimizers``)."""
     if v.get("session") == "onnx-amp":
-        return OrtRunner(v["model"], threads, disabled=("CommonSubexpressionElimination",))
-    return OrtRunner(v["model"], threads)
+        return ("CommonSubexpressionElimination",)
+    return tuple(v.get("disabled_optimizers") or ())
 
 
 def metric(run: Callable, block: dict, kind: str) -> float:
@@ -160,14 +166,14 @@ def qdq_layout(path: str) -> dict:
     return {**dict(out), "DQ feeds": dict(dq_into.most_common()), "Q follows": dict(q_after.most_common())}
 
 
-def fused_ops(path: str, workdir: Path) -> dict:
-    """Op histogram of what ORT (default options, 1 thread) made of the model."""
+def fused_ops(path: str, workdir: Path, disabled: tuple = ()) -> dict:
+    """Op histogram of what ORT (default options but ``disabled``, 1 thread) made of the model."""
     import onnx
 
     with tempfile.TemporaryDirectory(dir=workdir) as d:
         opt = os.path.join(d, "opt.onnx")
         try:
-            ort_session(path, 1, optimized_path=opt)
+            ort_session(path, 1, optimized_path=opt, disabled=disabled)
             m = onnx.load(opt, load_external_data=False)
         except Exception as e:  # noqa: BLE001
             return {"error": C.last_line(e)}

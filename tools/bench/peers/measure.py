@@ -38,7 +38,7 @@ def _static(v: dict, root: Path) -> None:
     if v["model"].endswith(".onnx") and v.get("session") != "onnx-amp":
         v["qdq_layout"] = E.qdq_layout(v["model"])
         if v["backend"] == "ort_cpu":
-            v["ort_fused"] = E.fused_ops(v["model"], root)
+            v["ort_fused"] = E.fused_ops(v["model"], root, E.disabled_optimizers(v))
 
 
 def _accuracy(v: dict, run, blocks: dict, kind: str) -> None:

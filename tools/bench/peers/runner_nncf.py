@@ -24,6 +24,10 @@ import numpy as np
 import _common as C
 
 TRANSFORMERS = ("smollm2", "minilm-sentiment")
+#: ORT graph transformers to turn off, in this order, when ORT's default session cannot load NNCF's ONNX output
+#: (ORT 1.32 on MiniLM: QDQS8ToU8Transformer + QDQPropagationTransformer make a QuantizeLinear "view_q" whose
+#: output_dtype INT8 contradicts its UINT8 zero point; turning off the propagation was the faster of the two)
+ORT_FALLBACKS = ((), ("QDQPropagationTransformer",), ("QDQS8ToU8Transformer",))
 
 
 class Validator:
@@ -33,6 +37,8 @@ class Validator:
         self.kind, self.backend = job["metric"], backend
         self.count = 0
         self.seconds = 0.0
+        self.fallback = 0  # index into ORT_FALLBACKS: the first that loaded (kept for the later models)
+        self.notes: list[str] = []
 
     def _runner(self, model):
         if self.backend == "ov":
@@ -42,13 +48,30 @@ class Validator:
             compiled = model if isinstance(model, ov.CompiledModel) else ov.Core().compile_model(
                 model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
             return lambda feed: compiled(feed)[0]
+
+        sess = self._ort_session(model.SerializeToString())
+        names = {i.name for i in sess.get_inputs()}
+        return lambda feed: sess.run(None, {k: v for k, v in feed.items() if k in names})[0]
+
+    @property
+    def disabled(self) -> list[str]:
+        return list(ORT_FALLBACKS[self.fallback])
+
+    def _ort_session(self, src: bytes):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
         so.log_severity_level = 3
-        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        names = {i.name for i in sess.get_inputs()}
-        return lambda feed: sess.run(None, {k: v for k, v in feed.items() if k in names})[0]
+        while True:
+            try:
+                return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"],
+                                            disabled_optimizers=self.disabled)
+            except Exception as e:  # noqa: BLE001
+                if self.fallback + 1 >= len(ORT_FALLBACKS):
+                    raise
+                self.notes.append(f"ORT (disabled_optimizers={self.disabled}) cannot load NNCF's model: "
+                                  f"{C.last_line(e)}; retried with {list(ORT_FALLBACKS[self.fallback + 1])} off")
+                self.fallback += 1
 
     def __call__(self, model, items) -> float:
         t0 = time.perf_counter()
@@ -106,10 +129,11 @@ def run_backend(job: dict, res: C.Results, backend: str) -> None:
             big = q.ByteSize() > 1_500_000_000
             onnx.save(q, path, save_as_external_data=big, all_tensors_to_one_file=True, location="nncf_qwac.onnx.data")
             fmt, be = "int8 QDQ ONNX + fp32", "ort_cpu"
+        extra = {"disabled_optimizers": v.disabled} if v.disabled else {}
         res.add(name, model=path, search_s=secs, evaluations=v.count, eval_s=v.seconds, format=fmt, backend=be,
-                notes=[f"preset default, {kw or 'no model_type'}"])
+                notes=[f"preset default, {kw or 'no model_type'}"] + v.notes, **extra)
     except Exception as e:  # noqa: BLE001
-        res.add(name, error=C.last_line(e), search_s=time.perf_counter() - t0, evaluations=v.count)
+        res.add(name, error=C.last_line(e), search_s=time.perf_counter() - t0, evaluations=v.count, notes=v.notes)
 
 
 def main() -> int:
