@@ -44,7 +44,8 @@ def uniform_solution(problem, fmt: str, like) -> Any | None:
 def trimmed_uniform(problem, fmt: str, like) -> Any | None:
     """"As uniform as the budget allows": every unit in ``fmt``, then the units with the largest
     predicted loss (each one's own, lowered alone) put back to high precision one by one until the
-    plan's predicted loss MSE fits ``like.tau``. Neighbouring units stay lowered together far more
+    plan's predicted loss MSE is no more than the solver's plan's (``like.predicted_mse``, the level
+    the accuracy search verified; its tau can be far looser when gains, not the budget, limited it). Neighbouring units stay lowered together far more
     than in the solver's plan, whose region gains cannot see what a runtime wins by fusing across
     region boundaries (INT8 and BF16 chains). None when no such configuration exists."""
     from onnx_amp.passes.strategies import Solution, make_plan
@@ -60,9 +61,10 @@ def trimmed_uniform(problem, fmt: str, like) -> Any | None:
     sel = [config_for(gi, low[gi]) for gi in range(len(problem.regions))]
     if any(i is None for i in sel):
         return None
+    budget = min(like.tau, like.predicted_mse)
     order = sorted((u for r in problem.regions for u in r.units), key=lambda u: -problem.unit_delta(u, like.metric)[1])
     for u in order:
-        if problem.totals(sel, like.metric)[1] <= like.tau:
+        if problem.totals(sel, like.metric)[1] <= budget:
             break
         gi = problem.unit_region[u]
         i = config_for(gi, low[gi] - {u})
@@ -71,7 +73,7 @@ def trimmed_uniform(problem, fmt: str, like) -> Any | None:
         low[gi].discard(u)
         sel[gi] = i
     g, d = problem.totals(sel, like.metric)
-    if d > like.tau or not any(low.values()):
+    if d > budget or not any(low.values()):
         return None
     sol = Solution(f"trimmed-uniform-{fmt}", like.metric, like.tau, sel, g, d, True, 0.0)
     sol.plan = make_plan(problem, sol)
