@@ -45,9 +45,10 @@ def trimmed_uniform(problem, fmt: str, like) -> Any | None:
     """"As uniform as the budget allows": every unit in ``fmt``, then the units with the largest
     predicted loss (each one's own, lowered alone) put back to high precision one by one until the
     plan's predicted loss MSE is no more than the solver's plan's (``like.predicted_mse``, the level
-    the accuracy search verified; its tau can be far looser when gains, not the budget, limited it). Neighbouring units stay lowered together far more
-    than in the solver's plan, whose region gains cannot see what a runtime wins by fusing across
-    region boundaries (INT8 and BF16 chains). None when no such configuration exists."""
+    the accuracy search verified; its tau can be far looser when gains, not the budget, limited it).
+    Neighbouring units stay lowered together far more than in the solver's plan, whose region gains
+    cannot see what a runtime wins by fusing across region boundaries (INT8 and BF16 chains). None
+    when no such configuration exists."""
     from onnx_amp.passes.strategies import Solution, make_plan
 
     high = tuple(problem.high)
