@@ -30,6 +30,7 @@ class RunState:
     val: dict[str, np.ndarray] | None = None
     loss: Any = None  # the LossSpec calibration resolved: every later stage measures with it
     evaluator: Any = None
+    real_reference: Any = None  # the reference on the backend's real kernels (runtime.verify), reused by validate
     problem: Any = None
     solution: Any = None
     tau: float | None = None

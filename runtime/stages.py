@@ -299,8 +299,14 @@ class Rewrite(MainOnly):
             # the plan against the uniform formats, end to end (runtime.uniform_guard)
             from onnx_amp.runtime.uniform_guard import uniform_guard
 
-            note = uniform_guard(st)
-            if note:
+            from onnx_amp.passes.strategies import get_strategy
+            from onnx_amp.runtime.timing import DEFAULT_BACKEND, backend_of
+            from onnx_amp.runtime.verify import verify_bound
+
+            notes = [uniform_guard(st)]
+            if backend_of(st.target) != DEFAULT_BACKEND and not get_strategy(st.config.strategy).measures:
+                notes.append(verify_bound(st))  # the search ran exact sessions: the real kernels decide
+            for note in filter(None, notes):
                 st.notes.append(note)
                 if st.config.verbose:
                     print(f"[onnx-amp] {note}", flush=True)
@@ -331,7 +337,8 @@ class Validate(MainOnly):
         if backend != DEFAULT_BACKEND:  # the final figures from the kernels the model ships to
             if st.evaluator is not None:
                 st.evaluator.reference.session = None  # the bisection's last session: memory back first
-            ref = _Reference(st.model, batches(st.val, c.batch_size), st.loss_spec(), backend, exact=False)
+            ref = st.real_reference or _Reference(st.model, batches(st.val, c.batch_size), st.loss_spec(), backend,
+                                                  exact=False)
             st.measured_mse, st.task = ref.compare(st.amp)
             self._precision(st, backend, ref.session)
         elif st.evaluator is not None:  # the bisection already ran the reference on these samples

@@ -258,3 +258,39 @@ def test_format_gain_factors_on_openvino():
         units_of = {r["id"]: region_units(r) for r in A.get_json(model, A.REGIONS)["regions"]}
         rs = sum(res.measured[r][config_key({u: (fmt, fmt) for u in us}, us)]["time_gain_s"] for r, us in units_of.items())
         assert v["region_sum_s"] == rs and 0.25 <= v["factor"] <= 4.0
+
+
+def test_a_plan_that_misses_the_bound_with_real_kernels_steps_back(tmp_path):
+    """runtime.verify: the plan is checked with OpenVINO's real kernels before it ships. Uniform INT8
+    within a loose bound ships as it is; against a bound no plan can meet (a negative allowed drop)
+    it is re-solved at half its predicted loss (at most MAX_TRIES times) until no smaller plan exists,
+    and the note says so."""
+    from test_pipeline import _data, _export_tiny
+
+    from onnx_amp.passes.plan import ApplyPlanPass
+    from onnx_amp.passes.solve import plan_object
+    from onnx_amp.runtime import stages as S
+    from onnx_amp.runtime.pipeline import RunConfig, _prepare
+    from onnx_amp.runtime.uniform_guard import uniform_solution
+    from onnx_amp.runtime.verify import MAX_TRIES, verify_bound
+
+    c = RunConfig(source=_export_tiny(), calibration_data=_data(48), output_dir=tmp_path, name="tiny", target="openvino",
+                  profile_repeats=3, progress=False, verbose=False, accuracy_drop=0.5, pareto=False, report=False,
+                  gaudi=False)
+    c.validate()
+    st = _prepare(c)
+    try:
+        for stage in S.STAGES[:7]:  # up to the solve
+            stage.run(st)
+        uni = uniform_solution(st.problem, "int8", st.solution)
+        ApplyPlanPass(plan_object(uni), target=st.target)(st.model)
+        st.solution = uni
+        assert verify_bound(st) is None and st.solution is uni  # within the loose bound: unchanged
+        c.accuracy_drop = -1.0
+        note = verify_bound(st)
+        assert note is not None and (f"after {MAX_TRIES} steps back" in note or "no plan of lower" in note), note
+        assert 1 <= note.count("units:") <= MAX_TRIES
+        assert len(st.solution.plan["units"]) < len(uni.plan["units"])
+        assert st.real_reference is not None and st.real_reference.exact is False
+    finally:
+        st.out.release(True)
