@@ -260,3 +260,13 @@ def test_partition_real_smollm2_without_loading_weights(smollm2_onnx, tmp_path, 
     rc, stdout, _ = _run(["partition", smollm2_onnx, "-o", out], capsys)
     assert rc == 0 and "61 regions" in stdout
     assert (tmp_path / "smollm2.part.onnx.data").stat().st_size == Path(str(smollm2_onnx) + ".data").stat().st_size
+
+
+@pytest.mark.parametrize("flag", ["--no-progress", "--no_progress"])
+def test_progress_flags_are_spelled_both_ways_on_run_and_calibrate(flag):
+    from onnx_amp.tools.cli import build_parser
+
+    p = build_parser()
+    assert p.parse_args(["run", "m.onnx", flag]).progress is False
+    assert p.parse_args(["calibrate", "m.onnx", "--calibration_data", "d.npz", flag]).no_progress is True
+    assert p.parse_args(["run", "m.onnx", "--no_measure", "--no_pareto"]).measure is False

@@ -50,7 +50,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=number(int, 0), default=0, help="seed of torch's and numpy's generators (random ops in "
                    "the graph; default 0)")
     p.add_argument("--force", action="store_true", help="keep a calibration whose losses or sensitivities are all 0")
-    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument("--no_progress", "--no-progress", dest="no_progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 

@@ -60,10 +60,10 @@ def register(subparsers) -> None:
     p.add_argument("--profile_repeats", type=number(int, 1), default=10, help="timed rounds per region configuration")
     p.add_argument("--roofline_batch", type=number(int, 1), default=64,
                    help="batch size of the roofline gains (unmeasured targets)")
-    p.add_argument("--no-measure", dest="measure", action="store_false", default=None,
+    p.add_argument("--no-measure", "--no_measure", dest="measure", action="store_false", default=None,
                    help="roofline time only (no ORT timing of region configurations)")
-    p.add_argument("--no-pareto", dest="pareto", action="store_false", help="skip the Pareto sweep")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--no-pareto", "--no_pareto", dest="pareto", action="store_false", help="skip the Pareto sweep")
+    p.add_argument("--no-progress", "--no_progress", dest="progress", action="store_false", help="no progress bars")
     p.add_argument("--solver", default=None, help="HiGHS or CBC (default: the first of the two that mip can use here)")
     p.add_argument("--seed", type=number(int, 0), default=0, help="seed of every randomized step (data sampling, the "
                    "random strategy, profiling order; default 0)")
