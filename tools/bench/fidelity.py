@@ -298,6 +298,23 @@ def table(fig: dict) -> str:
     return "\n".join(lines)
 
 
+def paired_table(fig: dict, old: str = "measured", new: str = "shift") -> str:
+    """Two loss models side by side on the same plans: R2 / Spearman / share in [0.5, 2] / median
+    measured/predicted, and the measured mean(dL) against the shift model's M (issue 12)."""
+    head = "R2 / Spearman / in [0.5,2] / median meas/pred"
+    lines = [f"| family | n | {old}: {head} | {new}: {head} | median mean(dL)^2/MSE | median mean(dL)/M |",
+             "|---|---|---|---|---|---|"]
+    for g in (*FAMILIES, "multi", "all"):
+        if g not in fig[new] or g not in fig[old]:
+            continue
+        cells = [f"{f['r2_log_identity']:.3f} / {f['spearman']:.3f} / {f['within_0.5_2']:.2f} / "
+                 f"{f['median_ratio_measured_over_predicted']:.2f}" for f in (fig[old][g], fig[new][g])]
+        f = fig[new][g]
+        lines.append(f"| {g} | {f['n']} | {cells[0]} | {cells[1]} | {f['mean_dl_sq_share']:.3f} | "
+                     f"{f.get('median_mean_dl_over_M', float('nan')):.3g} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="predicted vs measured loss MSE (loss-model fidelity)")
     ap.add_argument("--subject", required=True, help="smollm2 | minilm-sentiment | effnet-lite0")
@@ -354,9 +371,11 @@ def main(argv=None) -> int:
     with open(f"{stem}.json", "w") as f:
         json.dump({"summary": summary, "rows": rows}, f, indent=1)
     with open(f"{stem}.md", "w") as f:
-        f.write(f"# {bench.name}: {len(rows)} plans, {summary['eval_samples']} held-out samples\n\n{table(fig)}\n")
+        f.write(f"# {bench.name}: {len(rows)} plans, {summary['eval_samples']} held-out samples, target "
+                f"{bench.target.name}\n\n{table(fig)}\n\n## measured vs shift, paired\n\n{paired_table(fig)}\n")
     plot(rows, Path(f"{stem}.png"), f"{bench.name}: {len(rows)} plans, {summary['eval_samples']} held-out ({args.engine})")
     print(table(fig))
+    print(paired_table(fig))
     print(f"calibration {bench.calibration_s:.0f} s, total {summary['total_s']:.0f} s; wrote {stem}.json/.md/.png")
     return 0
 
