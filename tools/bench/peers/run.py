@@ -110,23 +110,31 @@ def run_peer(info: dict, peer: str, root: Path, args) -> list[dict]:
     return out
 
 
+def _run_cmd(cmd: list[str], out: Path, cwd: Path) -> dict:
+    """``cmd`` once, timed, its log in ``out.log``; ``out/wall.json`` records it (reused on a rerun)."""
+    t0 = time.perf_counter()
+    log = out.with_suffix(".log")
+    with open(log, "w") as f:  # cwd: a folder with no entry named like the subject
+        rc = subprocess.run(cmd, cwd=str(cwd), stdout=f, stderr=subprocess.STDOUT).returncode
+    out.mkdir(parents=True, exist_ok=True)
+    w = {"wall_s": time.perf_counter() - t0, "rc": rc, "cmd": cmd, "error": None if rc == 0 else _log_tail(log, 1)}
+    (out / "wall.json").write_text(json.dumps(w) + "\n")
+    return w
+
+
 def run_onnx_amp(info: dict, root: Path, args) -> list[dict]:
-    """``onnx-amp run SUBJECT`` on the shared samples (default bound), timed; its deploy model."""
+    """``onnx-amp run SUBJECT`` on the shared samples (default bound), timed. Its row is ``<name>.amp.onnx``:
+    the form onnx-amp lowers for ORT CPU (``ORT_CPU_LOWERING``: INT8 output Q for Conv, u8 activations,
+    INT8 chains) and times and validates itself; ``<name>.amp.deploy.onnx`` (the plan without that
+    lowering: true bf16/fp16 types, plain Q/DQ) is a second row."""
     subject = info["subject"]
     out = root / subject / "onnx-amp"
-    done = out / "wall.json"
-    if args.fresh or not done.exists():
+    if args.fresh or not (out / "wall.json").exists():
         cmd = ["onnx-amp", "run", subject, "--calibration_data", info["calib"], "--validation_data", info["val"],
                "-o", str(out), "--no-progress"]
         print(f"[peers] {subject}: {' '.join(cmd)}", flush=True)
-        t0 = time.perf_counter()
-        log = root / subject / "onnx-amp.log"
-        with open(log, "w") as f:  # cwd: a folder with no entry named like the subject
-            rc = subprocess.run(cmd, cwd=str(root / subject / "data"), stdout=f, stderr=subprocess.STDOUT).returncode
-        done.parent.mkdir(parents=True, exist_ok=True)
-        done.write_text(json.dumps({"wall_s": time.perf_counter() - t0, "rc": rc, "cmd": cmd,
-                                    "error": None if rc == 0 else _log_tail(log, 1)}) + "\n")
-    w = json.loads(done.read_text())
+        _run_cmd(cmd, out, root / subject / "data")
+    w = json.loads((out / "wall.json").read_text())
     if w["rc"] != 0:
         return [{"tool": "onnx-amp", "name": "onnx-amp", "error": w["error"], "search_s": w["wall_s"]}]
     deploy = sorted(glob.glob(str(out / "*.amp.deploy.onnx")))
@@ -134,34 +142,32 @@ def run_onnx_amp(info: dict, root: Path, args) -> list[dict]:
     res = _onnx_amp_results(out)
     base = {"tool": "onnx-amp", "backend": "ort_cpu", "search_s": w["wall_s"], "evaluations": res["evaluations"],
             "format": res["format"], "notes": res["notes"], "cmd": " ".join(w["cmd"])}
-    model = deploy[0] if deploy else emulate[0]
-    return [{**base, "name": "onnx-amp", "model": model},
+    model = emulate[0] if emulate else deploy[0]
+    rows = [{**base, "name": "onnx-amp", "model": model},
             {**base, "name": "onnx-amp (its session options)", "model": model, "session": "onnx-amp",
              "notes": res["notes"] + ["ORT with CommonSubexpressionElimination off, as onnx-amp times and ships"]}]
+    if deploy and emulate:
+        rows.append({**base, "name": "onnx-amp (deploy form)", "model": deploy[0],
+                     "notes": res["notes"] + ["the .amp.deploy.onnx file: the plan without the ORT CPU lowering"]})
+    return rows
 
 
 def run_onnx_amp_uniform(info: dict, root: Path) -> list[dict]:
-    """onnx-amp's own lowering of a uniform INT8 plan (``partition`` -> ``calibrate --loss_model ideal`` ->
-    ``rewrite --quantize_mode int8 --target cpu``): the same coverage as the peers' uniform INT8, so the
+    """Every layer INT8 with onnx-amp's ORT CPU lowering: ``onnx-amp run SUBJECT --strategy uniform-low
+    --tau 1e9`` (no bound, no timing search): the same coverage as the peers' uniform INT8, so the
     placement of the Q/DQ nodes is the only difference."""
-    out = root / info["subject"] / "onnx-amp-uniform"
-    out.mkdir(parents=True, exist_ok=True)
-    model = out / "uniform_int8.onnx"
-    steps = [["onnx-amp", "partition", info["fp32"], "-o", "p.onnx"],
-             ["onnx-amp", "calibrate", "p.onnx", "--calibration_data", info["calib"], "--loss_model", "ideal",
-              "--target", "cpu", "-o", "c.onnx"],
-             ["onnx-amp", "rewrite", "c.onnx", "--quantize_mode", "int8", "--target", "cpu", "-o", model.name]]
-    t0 = time.perf_counter()
-    if not model.exists():
-        with open(out / "log.txt", "w") as f:
-            for cmd in steps:
-                rc = subprocess.run(cmd, cwd=str(out), stdout=f, stderr=subprocess.STDOUT).returncode
-                if rc != 0:
-                    return [{"tool": "onnx-amp", "name": "onnx-amp uniform int8", "error": _log_tail(out / "log.txt", 1)}]
-    return [{"tool": "onnx-amp", "name": "onnx-amp uniform int8", "model": str(model), "backend": "ort_cpu",
-             "search_s": time.perf_counter() - t0, "evaluations": 0, "format": "int8, every layer (its lowering)",
-             "cmd": " && ".join(" ".join(c) for c in steps),
-             "notes": ["not a search: onnx-amp's ORT_CPU_LOWERING of a uniform INT8 plan, for the placement comparison"]}]
+    subject = info["subject"]
+    out = root / subject / "onnx-amp-uniform-low"
+    cmd = ["onnx-amp", "run", subject, "--calibration_data", info["calib"], "--validation_data", info["val"],
+           "--strategy", "uniform-low", "--tau", "1e9", "--no-measure", "--no-pareto", "--no-progress", "-o", str(out)]
+    w = json.loads((out / "wall.json").read_text()) if (out / "wall.json").exists() else _run_cmd(
+        cmd, out, root / subject / "data")
+    model = sorted(glob.glob(str(out / "*.amp.onnx")))
+    if w["rc"] != 0 or not model:
+        return [{"tool": "onnx-amp", "name": "onnx-amp uniform int8", "error": w["error"] or "no .amp.onnx written"}]
+    return [{"tool": "onnx-amp", "name": "onnx-amp uniform int8", "model": model[0], "backend": "ort_cpu",
+             "search_s": w["wall_s"], "evaluations": 0, "format": "int8, every layer (its ORT CPU lowering)",
+             "cmd": " ".join(cmd), "notes": ["not a search: a uniform INT8 plan, for the placement comparison"]}]
 
 
 def _onnx_amp_results(out: Path) -> dict:
@@ -225,7 +231,7 @@ def main(argv=None) -> int:
     for subject in args.subjects:
         info = D.prepare(subject, root)
         variants = run_onnx_amp(info, root, args) if "onnx-amp" in args.peers else []
-        have = (root / subject / "onnx-amp-uniform" / "uniform_int8.onnx").exists()
+        have = (root / subject / "onnx-amp-uniform-low" / "wall.json").exists()
         if "onnx-amp" in args.peers and (not args.no_uniform or have):  # --no-uniform: only reuse one
             variants += run_onnx_amp_uniform(info, root)
         for peer in args.peers:
