@@ -68,10 +68,15 @@ for p in "${PEERS[@]}"; do
           scikit-learn pandas pillow opencv-python-headless pycocotools onnxruntime-extensions six
         check inc2 "import onnx.mapping; from neural_compressor import quantization, PostTrainingQuantConfig; print('inc2 ok')"
       fi ;;
-    aimet)  # Qualcomm AIMET for ONNX (torch is a dependency: pinned in the same command)
+    aimet)  # Qualcomm AIMET for ONNX (torch is a dependency: pinned in the same command). Its own
+            # requirements include onnx2torch, which pulls torchvision: installed --no-deps with the
+            # rest of its requirements listed here (onnx2torch is only used by its adascale module)
       if mkenv aimet; then
-        pipin aimet "aimet-onnx==2.42.0" "$TORCH" "$ONNX" "$ORT"
-        check aimet "import aimet_onnx; print('aimet-onnx ok')"
+        pipin aimet --no-deps "aimet-onnx==2.42.0"
+        pipin aimet "$TORCH" "$ONNX" "$ORT" "$NUMPY" Jinja2 PyYAML "bokeh>=3.3.0" "hvplot>=0.10.0" jsonschema \
+          "onnx_ir>=0.1.16" "onnxscript>=0.4.0" osqp pandas psutil pybind11 scikit-learn scipy tqdm
+        check aimet "import importlib.util as u; assert not u.find_spec('torchvision') and not u.find_spec('onnx2torch'); \
+import aimet_onnx.quantsim, aimet_onnx.mixed_precision; print('aimet-onnx ok')"
       fi ;;
     modelopt)  # NVIDIA ModelOpt: torch auto_quantize and the ONNX PTQ CLI ([onnx] pins its own onnx)
       if mkenv modelopt; then
