@@ -98,6 +98,7 @@ def inc2(job: dict, res: C.Results, budget_s: int) -> None:
         q = quantization.fit(job["fp32"], conf, calib_dataloader=Loader(calib), eval_func=ev)
         if q is None and errors.lines:  # the path of a model with external data: INC 2.6 fails on it
             notes.append(f"with the model path: {errors.lines[0]}; retried with the in-memory ModelProto")
+            errors.lines.clear()  # the error reported at the end is the last attempt's
             import onnx
 
             t0 = time.perf_counter()
@@ -109,6 +110,7 @@ def inc2(job: dict, res: C.Results, budget_s: int) -> None:
             notes.append(f"with the ModelProto: {[x for x in errors.lines if 'ShapeInferenceError' in x][0]}; "
                          "retried with recipes={'gemm_to_matmul': False}")
             conf.recipes = {**(conf.recipes or {}), "gemm_to_matmul": False}
+            errors.lines.clear()
             import onnx
 
             t0 = time.perf_counter()
@@ -117,7 +119,8 @@ def inc2(job: dict, res: C.Results, budget_s: int) -> None:
         if q is None:
             last = [x for x in errors.lines if "Unexpected exception" in x][-1:] or errors.lines[-1:]
             res.add("inc-tune", error=f"quantization.fit returned None after {ev.ev.count} evaluations / {secs:.0f} s"
-                    + (f": {last[0]}" if last else ": no config within the bound"), evaluations=ev.ev.count,
+                    + (f": {last[0]}" if last else f": no config within the bound (tuning timeout {budget_s} s, "
+                       "max 200 trials)"), evaluations=ev.ev.count,
                     search_s=secs, notes=notes)
             return
         path = str(Path(job["out"]) / "inc_tuned.onnx")
