@@ -111,6 +111,7 @@ def amp(job: dict, res: C.Results, calib_items: list, out: Path, budget_s: float
     cands = [((8, DT.int), (8, DT.int)), ((16, DT.int), (8, DT.int)), ((16, DT.int), (16, DT.int)),
              ((16, DT.float), (16, DT.float))]
     t0 = time.perf_counter()
+    log = _InfoLog()
     signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(_Timeout(f"AMP search past {budget_s:.0f} s")))
     signal.alarm(int(budget_s))
     try:
@@ -121,6 +122,11 @@ def amp(job: dict, res: C.Results, calib_items: list, out: Path, budget_s: float
                                         forward_pass_callback=CallbackFunc(_forward, calib_items))
         signal.alarm(0)
         secs = time.perf_counter() - t0
+        if not pareto:  # AIMET gives up when even its best candidate misses the bound (it logs why)
+            why = [x for x in log.lines if "allowed accuracy drop" in x][-1:] or ["no Pareto point"]
+            res.add("aimet-amp", error=f"choose_mixed_precision returned no plan: {why[0]}", search_s=secs,
+                    evaluations=p1.count + p2.count)
+            return
         p = _save(_qdq(sim), str(out / "aimet_amp.onnx"))
         res.add("aimet-amp", model=p, search_s=secs, evaluations=p1.count + p2.count,
                 evaluations_detail={"phase1 (quarter of held-out)": p1.count, "phase2 (all held-out)": p2.count},
@@ -130,6 +136,24 @@ def amp(job: dict, res: C.Results, calib_items: list, out: Path, budget_s: float
         signal.alarm(0)
         res.add("aimet-amp", error=C.last_line(e), search_s=time.perf_counter() - t0,
                 evaluations=p1.count + p2.count)
+
+
+class _InfoLog:
+    """The log lines AIMET writes while it runs (it reports why its AMP stops through logging)."""
+
+    def __init__(self):
+        import logging
+
+        self.lines: list[str] = []
+        outer = self
+
+        class H(logging.Handler):
+            def emit(self, record):
+                outer.lines.append(record.getMessage().strip()[:400])
+
+        h = H(logging.INFO)
+        for name in ("", "MixedPrecision", "AimetLogger"):
+            logging.getLogger(name).addHandler(h)
 
 
 def _forward(sess, items) -> None:
