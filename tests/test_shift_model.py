@@ -17,6 +17,7 @@ from onnx_amp.passes.problem import Config, Problem, Region
 from onnx_amp.passes.search import predicted_tau, solve_to_bound
 from onnx_amp.passes.strategies import solve
 from onnx_amp.tools.synthetic import random_problem
+from test_solve import brute_force  # noqa: E402  (the exhaustive reference of the solver tests)
 
 HI, LO = ("fp32", "fp32"), ("int8", "int8")
 
@@ -31,15 +32,6 @@ def with_shift(p: Problem, seed: int, scale: float) -> Problem:
                    for c in r.configs]
         regions.append(Region(r.id, r.units, configs))
     return Problem(regions, p.high, p.target)
-
-
-def brute_force(p: Problem, tau: float, metric: str = "time"):
-    best = (-math.inf, None)
-    for sel in itertools.product(*[range(len(r.configs)) for r in p.regions]):
-        g, d = p.totals(sel, metric)
-        if d <= tau and g > best[0]:
-            best = (g, sel)
-    return best
 
 
 def _solver_usable(name: str) -> bool:
